@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PACKAGES := nbdkit nbdkit-plugin-python libnbd-bin python3-libnbd python3-cffi \
+	python3-venv qemu-utils fio fdisk e2fsprogs
+
+.PHONY: setup test check demo clean
+
+setup: $(STAMP)
+
+# apt-get runs only when a package is missing, so `make setup` is idempotent and quick.
+$(STAMP): pyproject.toml
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# The fast loop: everything but the VM guests.
+check: setup
+	$(PY) -m pytest -q -m 'not vm' $(PYTEST_ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m controller.demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache

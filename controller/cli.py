@@ -1,0 +1,56 @@
+"""The `tzero` command: argument parsing, dispatch, and the one place errors become exit codes.
+
+Each subcommand lives in its own module controller/cmd_<name>.py exposing
+`register(subparsers)`, which adds its parser and sets `func(args) -> int`.
+"""
+
+import argparse
+import importlib
+import sys
+
+from controller import __version__
+from controller.errors import EXIT_FAILURE, EXIT_USAGE, TzeroError
+
+COMMANDS = ["serve", "backup", "restore", "verify", "ls", "status", "attach", "detach"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"tzero: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tzero", description="Time-zero backups of live NBD exports.")
+    parser.add_argument("--version", action="version", version=f"tzero {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"controller.cmd_{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"controller.cmd_{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except TzeroError as e:
+        if args.debug:
+            raise
+        print(f"tzero: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("tzero: interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as e:
+        if args.debug:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"tzero: {e.strerror or e}{where}", file=sys.stderr)
+        return EXIT_FAILURE
