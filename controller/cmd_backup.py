@@ -1,0 +1,111 @@
+"""tzero backup: take a time-zero backup of every export of the given subsystems."""
+
+import datetime
+import json
+import os
+import sys
+import time
+
+from controller import __version__
+from controller.copier import Copier, Dataset
+from controller.errors import SessionAborted, SubsystemError, TzeroError, UsageError
+from controller.output import BackupOutput
+from controller.progress import Progress
+from controller.session import DEFAULT_DEADLINE_MS, DEFAULT_LEASE_MS, ConsistencyGroup
+from controller.stream import Dataset as StreamDataset
+from controller.stream import Header, StreamWriter
+from controller.units import parse_size
+
+DEFAULT_HOST_MEMORY = "256M"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("backup", help="take a time-zero backup of live exports")
+    p.add_argument("-s", "--subsystem", dest="controls", action="append", required=True, metavar="CTL",
+                   help="control socket of a storage subsystem (repeat for several; order is stream order)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="backup file, or - for standard output")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--host-memory", default=DEFAULT_HOST_MEMORY, metavar="SIZE",
+                   help="bound on chunks held in memory by the controller (default 256M)")
+    p.add_argument("--spill-dir", metavar="DIR", help="where chunks beyond --host-memory wait (default: TMPDIR)")
+    p.add_argument("--freeze-deadline", default=DEFAULT_DEADLINE_MS, type=int, metavar="MS",
+                   help="longest time writes may be held (default 2000)")
+    p.add_argument("--lease", default=DEFAULT_LEASE_MS, type=int, metavar="MS",
+                   help="subsystems end the session after this long without word (default 30000)")
+    p.add_argument("--force", action="store_true", help="replace an existing backup file")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    host_memory = parse_size(args.host_memory, "--host-memory")
+    if args.freeze_deadline <= 0 or args.lease <= 0:
+        raise UsageError("--freeze-deadline and --lease must be positive")
+    started = time.monotonic()
+    group = ConsistencyGroup(args.controls, lease_ms=args.lease, deadline_ms=args.freeze_deadline)
+    output = BackupOutput(args.output, args.force)
+    try:
+        group.connect()
+        chunk = _common_chunk_size(group)
+        datasets = [Dataset(e["name"], e["size"], m, e["name"], "") for m in group.members for e in m.exports]
+        output.open()
+        group.open()
+        for ds in datasets:
+            ds.view = ds.member.views[ds.export]
+        zero = group.freeze_and_thaw()
+        group.start_heartbeat()
+        summary = _copy(args, group, datasets, chunk, host_memory, zero, output)
+        stats = group.close()
+        output.commit()
+    except BaseException as e:
+        reason = e.message if isinstance(e, TzeroError) else type(e).__name__
+        group.abort(f"controller gave up: {reason}")
+        output.discard()
+        raise
+    summary["chunks_cow"] = sum(s["chunks_cow"] for s in stats.values())
+    summary["side_peak_bytes"] = max(s["side_peak_bytes"] for s in stats.values())
+    summary["elapsed_s"] = round(time.monotonic() - started, 3)
+    _report(args, summary)
+    return 0
+
+
+def _common_chunk_size(group) -> int:
+    sizes = {m.chunk_size for m in group.members}
+    if len(sizes) != 1:
+        raise SubsystemError(f"the subsystems use different chunk sizes ({', '.join(map(str, sorted(sizes)))}); serve them with one --chunk")
+    return sizes.pop()
+
+
+def _copy(args, group, datasets, chunk, host_memory, zero, output) -> dict:
+    time_zero = datetime.datetime.fromtimestamp(zero["time_zero"], datetime.timezone.utc).isoformat()
+    header = Header(tool_version=__version__, time_zero=time_zero, chunk_size=chunk,
+                    datasets=[StreamDataset(d.name, d.size) for d in datasets],
+                    extra={"pause_ms": zero["pause_ms"]})
+    writer = StreamWriter(output.file, header)
+    progress = Progress(sum(d.size for d in datasets), enabled=not args.no_progress)
+    copier = Copier(group, datasets, writer, chunk, host_memory, args.spill_dir, progress)
+    copied = copier.run()
+    group.check()  # a session that died during the last reads must not yield a backup
+    written = writer.finish()
+    output.flush()
+    progress.finish()
+    return {
+        "time_zero": time_zero,
+        "pause_ms": round(max(zero["pause_ms"].values()), 3),
+        "pause_ms_by_export": {k: round(v, 3) for k, v in zero["pause_ms"].items()},
+        "pause_wall_ms": round(zero["pause_wall_ms"], 3),
+        "datasets": [d.name for d in datasets],
+        "bytes": written["bytes"],
+        "records": written["records"],
+        **copied,
+    }
+
+
+def _report(args, summary: dict) -> None:
+    out = sys.stderr if args.output == "-" else sys.stdout
+    if args.json:
+        print(json.dumps(summary), file=out)
+    else:
+        print(f"backup of {', '.join(summary['datasets'])} at time zero {summary['time_zero']}: "
+              f"{summary['bytes']} bytes, writes held {summary['pause_ms']:.2f} ms, "
+              f"{summary['chunks_cow']} chunks saved by copy-before-write, {summary['elapsed_s']} s", file=out)

@@ -1,0 +1,52 @@
+"""Where a backup stream goes: a file, written as FILE.partial and renamed only when
+complete, or standard output (a pipe or tape: nothing to rename, and a failure is
+said on stderr while the reader sees a stream with no trailer)."""
+
+import os
+import sys
+
+from controller.errors import UsageError
+
+
+class BackupOutput:
+    def __init__(self, target: str, force: bool):
+        self.target = target
+        self.to_stdout = target == "-"
+        self.partial = None if self.to_stdout else target + ".partial"
+        self.file = None
+        if not self.to_stdout:
+            if os.path.isdir(target):
+                raise UsageError(f"{target} is a directory; give a file name for the backup")
+            if os.path.exists(target) and not force:
+                raise UsageError(f"{target} exists; use --force to replace it")
+            parent = os.path.dirname(os.path.abspath(target))
+            if not os.path.isdir(parent):
+                raise UsageError(f"{parent}: no such directory")
+
+    def open(self) -> None:
+        if self.to_stdout:
+            if sys.stdout.isatty():
+                raise UsageError("refusing to write a backup to a terminal; redirect standard output or use -o FILE")
+            self.file = sys.stdout.buffer
+        else:
+            self.file = open(self.partial, "wb")
+
+    def flush(self) -> None:
+        self.file.flush()
+        if not self.to_stdout:
+            os.fsync(self.file.fileno())
+
+    def commit(self) -> None:
+        if not self.to_stdout:
+            self.file.close()
+            os.replace(self.partial, self.target)
+
+    def discard(self) -> None:
+        """Leave nothing half-written behind: remove the partial file."""
+        if self.to_stdout or self.file is None:
+            return
+        self.file.close()
+        try:
+            os.unlink(self.partial)
+        except FileNotFoundError:
+            pass

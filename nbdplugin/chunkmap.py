@@ -1,0 +1,62 @@
+"""The concordance of one export: for every chunk, where its time-zero content is.
+
+State table (a chunk only ever moves down this table within one session):
+
+    PENDING  in place on the device, not yet in the backup: a mutation must save it first
+    SAVED    old content is in the side store; the device may already hold newer data
+    DONE     in the backup (released): neither the device nor the side store owes it anything
+
+Forming a map costs one zeroed bytearray (calloc) and reads no data, so it is
+cheap enough to do while writes are frozen.
+
+Locks: chunk c is guarded by stripe lock c % STRIPES. A mutation holds at most
+one stripe at a time; a reader that needs several takes them in ascending
+stripe order. No path ever holds a stripe while waiting for another in
+descending order, so stripes cannot deadlock, and there is no global lock on
+the write path.
+"""
+
+import threading
+
+PENDING, SAVED, DONE = 0, 1, 2
+STRIPES = 1024
+
+
+class ChunkMap:
+    """Chunk states of one export. `states` is written only under the chunk's stripe lock;
+    it may be read without it when the caller only acts on non-PENDING states, because
+    states never move back to PENDING."""
+
+    def __init__(self, size: int, chunk_size: int):
+        assert chunk_size > 0 and chunk_size % 512 == 0, "chunk size is validated at start-up"
+        self.size = size  # set at formation, never changed
+        self.chunk_size = chunk_size  # set at formation, never changed
+        self.count = (size + chunk_size - 1) // chunk_size
+        self.states = bytearray(self.count)
+        self._stripes = [threading.Lock() for _ in range(min(STRIPES, max(self.count, 1)))]
+
+    def lock(self, chunk: int) -> threading.Lock:
+        return self._stripes[chunk % len(self._stripes)]
+
+    def locks_for(self, first: int, last: int) -> list[threading.Lock]:
+        """The distinct stripe locks of chunks FIRST..LAST, in the order they must be taken."""
+        n = len(self._stripes)
+        if last - first + 1 >= n:
+            return list(self._stripes)
+        return [self._stripes[i] for i in sorted({c % n for c in range(first, last + 1)})]
+
+    def span(self, offset: int, length: int) -> range:
+        """Chunks touched by the byte range [offset, offset+length)."""
+        if length <= 0:
+            return range(0)
+        return range(offset // self.chunk_size, (offset + length - 1) // self.chunk_size + 1)
+
+    def extent(self, chunk: int) -> tuple[int, int]:
+        """(offset, length) of CHUNK on the device; the last chunk may be short."""
+        start = chunk * self.chunk_size
+        return start, min(self.chunk_size, self.size - start)
+
+    def counts(self) -> dict[str, int]:
+        saved = self.states.count(SAVED)
+        done = self.states.count(DONE)
+        return {"pending": self.count - saved - done, "saved": saved, "done": done}

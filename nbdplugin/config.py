@@ -1,0 +1,88 @@
+"""Start-up settings of the plugin, given as nbdkit key=value parameters.
+
+    export=NAME=PATH   repeatable: serve PATH (block device or image file) as export NAME
+    control=PATH       the control socket (required)
+    side-memory=SIZE   side store memory before spilling (default 256M)
+    side-dir=DIR       where the spill file goes (default: the system temp dir)
+    chunk=SIZE         concordance chunk size, a power of two from 4K to 16M (default 64K)
+    nbd-socket=PATH    where nbdkit serves NBD (announced to the controller in hello)
+    nbd-port=PORT      or the TCP port it serves on, on loopback
+
+Sizes take K/M/G suffixes. Everything is validated before anything is served.
+"""
+
+import os
+import re
+import tempfile
+
+DEFAULT_CHUNK = 64 << 10
+DEFAULT_SIDE_MEMORY = 256 << 20
+MIN_CHUNK, MAX_CHUNK = 4 << 10, 16 << 20
+EXPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_SIZE = re.compile(r"(\d+)([KMGT]?)", re.IGNORECASE)
+_SHIFT = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
+
+
+class ConfigError(Exception):
+    """a start-up parameter is wrong"""
+
+
+def parse_size(text: str, what: str) -> int:
+    m = _SIZE.fullmatch(text.strip())
+    if not m:
+        raise ConfigError(f"{what}: {text!r} is not a size (examples: 65536, 64K, 256M)")
+    return int(m.group(1)) << _SHIFT[m.group(2).upper()]
+
+
+def parse_export(spec: str) -> tuple[str, str]:
+    """'NAME=PATH' -> (NAME, absolute PATH)."""
+    name, sep, path = spec.partition("=")
+    if not sep or not path:
+        raise ConfigError(f"export {spec!r}: expected NAME=PATH")
+    if not EXPORT_NAME.fullmatch(name):
+        raise ConfigError(f"export name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return name, os.path.abspath(path)
+
+
+class PluginConfig:
+    def __init__(self):
+        self.exports: list[tuple[str, str]] = []
+        self.control: str | None = None
+        self.side_memory = DEFAULT_SIDE_MEMORY
+        self.side_dir = tempfile.gettempdir()
+        self.chunk = DEFAULT_CHUNK
+        self.nbd_socket: str | None = None
+        self.nbd_port: int | None = None
+
+    def set(self, key: str, value: str) -> None:
+        if key == "export":
+            name, path = parse_export(value)
+            if any(name == n for n, _ in self.exports):
+                raise ConfigError(f"export name {name!r} is given twice")
+            self.exports.append((name, path))
+        elif key == "control":
+            self.control = os.path.abspath(value)
+        elif key == "side-memory":
+            self.side_memory = parse_size(value, "side-memory")
+        elif key == "side-dir":
+            self.side_dir = os.path.abspath(value)
+        elif key == "chunk":
+            self.chunk = parse_size(value, "chunk")
+        elif key == "nbd-socket":
+            self.nbd_socket = os.path.abspath(value)
+        elif key == "nbd-port":
+            if not value.isdigit() or not 0 < int(value) < 65536:
+                raise ConfigError(f"nbd-port {value!r}: not a TCP port")
+            self.nbd_port = int(value)
+        else:
+            raise ConfigError(f"unknown parameter {key!r} (expected export, control, side-memory, side-dir, chunk, nbd-socket, nbd-port)")
+
+    def validate(self) -> None:
+        if not self.exports:
+            raise ConfigError("no exports: give at least one export=NAME=PATH")
+        if not self.control:
+            raise ConfigError("no control socket: give control=PATH")
+        if not (MIN_CHUNK <= self.chunk <= MAX_CHUNK) or self.chunk & (self.chunk - 1):
+            raise ConfigError(f"chunk {self.chunk}: must be a power of two from 4K to 16M")
+        if not os.path.isdir(self.side_dir):
+            raise ConfigError(f"side-dir {self.side_dir}: not a directory")

@@ -1,0 +1,90 @@
+"""The write gate of one export: freeze stops admitting mutations, thaw admits them again.
+
+Reads never pass through the gate. A mutation that arrives while frozen waits,
+but never past the freeze deadline: whoever sees the deadline pass first (the
+waiting writer or the watchdog) thaws the gate and reports the expiry, so a
+lost controller can hold writes for at most the deadline.
+
+Lock: `_cond` guards `_frozen`, `_inflight`, `_deadline` and `_closed_at`.
+"""
+
+import threading
+import time
+
+
+class FreezeTimeout(Exception):
+    """in-flight writes did not drain before the freeze deadline"""
+
+
+class WriteGate:
+    def __init__(self, on_expire=None):
+        self._cond = threading.Condition()
+        self._frozen = False
+        self._inflight = 0
+        self._deadline = 0.0
+        self._closed_at = 0.0
+        self.on_expire = on_expire  # called once, without the lock held, when a freeze outlives its deadline
+
+    def enter(self) -> None:
+        """Admit one mutation; waits while frozen, at most until the freeze deadline."""
+        expired = False
+        with self._cond:
+            while self._frozen:
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    expired = self._open_locked()
+                    break
+                self._cond.wait(remaining)
+            self._inflight += 1
+        if expired and self.on_expire:
+            self.on_expire()
+
+    def leave(self) -> None:
+        with self._cond:
+            self._inflight -= 1
+            assert self._inflight >= 0, "leave() pairs with enter()"
+            if self._inflight == 0:
+                self._cond.notify_all()
+
+    def freeze(self, deadline_s: float) -> float:
+        """Stop admitting mutations and wait for the in-flight ones to finish.
+
+        Returns the monotonic time the gate closed. Raises FreezeTimeout (gate
+        open again) if they do not drain within DEADLINE_S.
+        """
+        with self._cond:
+            assert not self._frozen, "the session protocol freezes once"
+            self._frozen = True
+            self._closed_at = time.monotonic()
+            self._deadline = self._closed_at + deadline_s
+            while self._inflight:
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    self._open_locked()
+                    raise FreezeTimeout(f"{self._inflight} writes still in flight after {deadline_s:.3f} s")
+                self._cond.wait(remaining)
+            return self._closed_at
+
+    def thaw(self) -> float:
+        """Admit mutations again; returns how long the gate was closed (seconds), 0 if it was open."""
+        with self._cond:
+            if not self._frozen:
+                return 0.0
+            self._open_locked()
+            return time.monotonic() - self._closed_at
+
+    def expire_if_due(self) -> None:
+        """The watchdog's check: thaw a freeze that outlived its deadline."""
+        with self._cond:
+            expired = self._frozen and time.monotonic() >= self._deadline and self._open_locked()
+        if expired and self.on_expire:
+            self.on_expire()
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    def _open_locked(self) -> bool:
+        self._frozen = False
+        self._cond.notify_all()
+        return True

@@ -1,0 +1,185 @@
+"""One backup session on one storage subsystem: the concordance, copy-before-write,
+the time-zero view and release.
+
+Lifecycle: OPEN -> (freeze) FROZEN -> (thaw) ACTIVE -> CLOSED, or ABORTED from any
+phase. The concordance is formed while FROZEN, when no mutation is in flight, so
+every chunk starts PENDING with its time-zero content in place.
+
+Failure policy: break the backup, never the application. Any error while saving
+an old chunk (side store full, device read error) aborts the session and lets
+the mutation proceed. The first abort reason is sticky. Once aborted, view reads
+fail, so no mixed image can be read out.
+"""
+
+import errno
+import threading
+import time
+
+from nbdplugin.chunkmap import DONE, PENDING, SAVED, ChunkMap
+from nbdplugin.sidestore import SideStore, SideStoreFull
+
+OPEN, FROZEN, ACTIVE, CLOSED, ABORTED = "open", "frozen", "active", "closed", "aborted"
+
+
+class Session:
+    def __init__(self, sid: str, exports: list, chunk_size: int, side: SideStore, lease_s: float, owner):
+        self.sid = sid  # set at open, never changed
+        self.exports = exports  # [Export], set at open, never changed
+        self.chunk_size = chunk_size
+        self.side = side
+        self.lease_s = lease_s
+        self.owner = owner  # the control connection that opened it
+        self.phase = OPEN  # changed under _lock; read anywhere (a str assignment is atomic)
+        self.abort_reason: str | None = None
+        self.maps: dict[int, ChunkMap] = {}  # export index -> map, formed while frozen
+        self.time_zero = 0.0  # wall clock when the concordance was formed
+        self.pause_s: dict[str, float] = {}
+        self.opened_at = time.monotonic()
+        self.last_seen = self.opened_at  # renewed by every message from the owner
+        self.cow_chunks = 0  # counters: approximate under concurrency is fine, they are statistics
+        self.released_bytes = 0
+        self._lock = threading.Lock()  # guards phase transitions and abort_reason
+
+    @property
+    def alive(self) -> bool:
+        return self.phase in (OPEN, FROZEN, ACTIVE)
+
+    def form_concordance(self) -> None:
+        """Build every export's chunk map; called while all its gates are frozen."""
+        self.maps = {e.index: ChunkMap(e.device.size, self.chunk_size) for e in self.exports}
+        self.time_zero = time.time()
+
+    def set_phase(self, phase: str) -> None:
+        with self._lock:
+            if self.alive:
+                self.phase = phase
+
+    def abort(self, reason: str) -> bool:
+        """End the session as failed; the first reason sticks. Returns False if it had already ended."""
+        with self._lock:
+            if not self.alive:
+                return False
+            self.phase = ABORTED
+            self.abort_reason = reason
+        self._release_resources()
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            if not self.alive:
+                return
+            self.phase = CLOSED
+        self._release_resources()
+
+    def _release_resources(self) -> None:
+        for e in self.exports:
+            e.gate.thaw()
+        self.side.close()
+
+    # --- copy-before-write -------------------------------------------------
+
+    def save_before_mutation(self, export, offset: int, length: int) -> None:
+        """Save the old content of every PENDING chunk a mutation will touch.
+
+        Called inside the export's write gate, before the mutation is applied.
+        Never raises: a failure aborts the session instead.
+        """
+        m = self.maps.get(export.index)
+        if m is None or self.phase != ACTIVE:
+            return
+        states = m.states
+        for c in m.span(offset, length):
+            if states[c] != PENDING:
+                continue
+            with m.lock(c):
+                if states[c] != PENDING or self.phase != ACTIVE:
+                    continue
+                start, n = m.extent(c)
+                try:
+                    self.side.put((export.index, c), bytes(export.device.read(start, n)))
+                except SideStoreFull as e:
+                    self.abort(f"side store full: {e}")
+                    return
+                except OSError as e:
+                    self.abort(f"copy-before-write of {export.name} chunk {c} failed: {e.strerror or e}")
+                    return
+                states[c] = SAVED
+                self.cow_chunks += 1
+
+    # --- the time-zero view ------------------------------------------------
+
+    def read_view(self, export, buf, offset: int) -> None:
+        """Fill BUF with EXPORT's time-zero content at OFFSET, or raise OSError(EIO)."""
+        m = self._map(export)
+        view = memoryview(buf)
+        end = offset + len(view)
+        for c in m.span(offset, len(view)):
+            start, n = m.extent(c)
+            lo, hi = max(offset, start), min(end, start + n)
+            part = view[lo - offset : hi - offset]
+            with m.lock(c):
+                state = m.states[c]
+                if state == PENDING:
+                    export.device.read_into(part, lo)
+                elif state == SAVED:
+                    data = self.side.get((export.index, c))
+                    if data is None:
+                        self._raise_dead()
+                    part[:] = memoryview(data)[lo - start : hi - start]
+                else:
+                    raise OSError(errno.EIO, f"{export.name}@{self.sid}: chunk {c} was already released")
+                # A mutation racing an abort skips copy-before-write, so a read
+                # that overlapped an abort cannot be trusted.
+                if self.phase != ACTIVE:
+                    self._raise_dead()
+
+    def _map(self, export) -> ChunkMap:
+        m = self.maps.get(export.index)
+        if m is None or self.phase != ACTIVE:
+            self._raise_dead()
+        return m
+
+    def _raise_dead(self):
+        raise OSError(errno.EIO, f"session {self.sid} is {self.phase}: {self.abort_reason or 'no time-zero view'}")
+
+    # --- release -----------------------------------------------------------
+
+    def release(self, export, first: int, count: int) -> None:
+        """Chunks FIRST..FIRST+COUNT-1 are in the backup: drop saved copies, stop tracking them."""
+        m = self._map(export)
+        if first < 0 or count < 0 or first + count > m.count:
+            raise ValueError(f"chunks {first}+{count} out of range for {export.name} ({m.count} chunks)")
+        for c in range(first, first + count):
+            with m.lock(c):
+                if m.states[c] == SAVED:
+                    self.side.discard((export.index, c))
+                if m.states[c] != DONE:
+                    m.states[c] = DONE
+                    self.released_bytes += m.extent(c)[1]
+
+    def saved_chunks(self, export, limit: int) -> list[int]:
+        self._map(export)
+        return self.side.keys(export.index, limit)
+
+    # --- reporting ---------------------------------------------------------
+
+    def status(self) -> dict:
+        elapsed = max(time.monotonic() - self.opened_at, 1e-9)
+        exports = {}
+        for e in self.exports:
+            m = self.maps.get(e.index)
+            exports[e.name] = m.counts() if m is not None else None
+        return {
+            "session": self.sid,
+            "phase": self.phase,
+            "abort_reason": self.abort_reason,
+            "exports": exports,
+            "chunks_cow": self.cow_chunks,
+            "side_memory_bytes": self.side.memory_bytes,
+            "side_spill_bytes": self.side.spill_bytes,
+            "side_peak_bytes": self.side.peak_bytes,
+            "pressure": self.side.pressure,
+            "released_bytes": self.released_bytes,
+            "rate_bytes_per_s": self.released_bytes / elapsed,
+            "pause_ms": {k: v * 1000 for k, v in self.pause_s.items()},
+        }

@@ -1,0 +1,241 @@
+"""One storage subsystem: its exports, the current session, and what control requests do.
+
+The control server (control.py) decodes requests and calls `handle`; the nbdkit
+callbacks (plugin.py) call `mutate` and the export lookups. Only one session is
+open at a time; `_lock` guards `session` and `last_status` transitions, never
+the I/O path (writers read `session` once, an atomic attribute read).
+"""
+
+import secrets
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from nbdplugin.device import Device
+from nbdplugin.gate import FreezeTimeout, WriteGate
+from nbdplugin.protocol import SUPPORTED_VERSIONS, VERSION, ProtocolError
+from nbdplugin.session import ACTIVE, FROZEN, OPEN, Session
+from nbdplugin.sidestore import SideStore
+
+DEFAULT_DEADLINE_MS = 2000
+DEFAULT_LEASE_MS = 30000
+DEFAULT_SAVED_LIMIT = 4096
+
+
+@dataclass
+class Export:
+    index: int
+    name: str
+    device: Device
+    gate: WriteGate
+
+
+def log(message: str) -> None:
+    print(f"tzero-plugin: {message}", file=sys.stderr, flush=True)
+
+
+class Subsystem:
+    def __init__(self, devices: list[Device], chunk_size: int, side_memory: int, side_dir: str, nbd: dict):
+        self.nbd = nbd  # where nbdkit serves: {"socket": PATH} or {"port": N}, or {} if not told
+        self.chunk_size = chunk_size  # set at start-up, never changed
+        self.side_memory = side_memory
+        self.side_dir = side_dir
+        self.exports = {}
+        for i, d in enumerate(devices):
+            self.exports[d.name] = Export(i, d.name, d, WriteGate(on_expire=self._freeze_expired))
+        self.session: Session | None = None
+        self.last_status: dict | None = None
+        self._lock = threading.Lock()
+
+    # --- the I/O path ------------------------------------------------------
+
+    def mutate(self, export: Export, offset: int, length: int, apply) -> None:
+        """Run APPLY (a write, trim or zero of [offset, offset+length)) through the gate,
+        after copy-before-write. The one path every mutation takes."""
+        export.gate.enter()
+        try:
+            session = self.session
+            if session is not None:
+                session.save_before_mutation(export, offset, length)
+            apply()
+        finally:
+            export.gate.leave()
+
+    def view_session(self, sid: str) -> Session | None:
+        s = self.session
+        return s if s is not None and s.sid == sid and s.phase == ACTIVE else None
+
+    # --- control requests --------------------------------------------------
+
+    def handle(self, conn, msg: dict) -> dict:
+        """Carry out one validated request from control connection CONN; returns the reply."""
+        op = msg["op"]
+        if op == "hello":
+            return self._hello(conn, msg)
+        if not conn.greeted:
+            raise ProtocolError("hello-first", "send hello first")
+        if op == "status":
+            return self.status()
+        if op == "open":
+            return self._open(conn, msg)
+        session = self._owned(conn)
+        return getattr(self, "_" + op)(session, msg)
+
+    def _hello(self, conn, msg):
+        if msg["version"] not in SUPPORTED_VERSIONS:
+            raise ProtocolError("bad-version", f"protocol version {msg['version']} unsupported (this plugin speaks {VERSION})")
+        conn.greeted = True
+        return {
+            "version": VERSION,
+            "exports": [{"name": e.name, "size": e.device.size} for e in self.exports.values()],
+            "chunk_size": self.chunk_size,
+            "side_memory": self.side_memory,
+            "nbd": self.nbd,
+        }
+
+    def _open(self, conn, msg):
+        names = msg.get("exports") or list(self.exports)
+        unknown = [n for n in names if n not in self.exports]
+        if unknown or len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
+            raise ProtocolError("unknown-export", f"no such export: {', '.join(map(str, unknown)) or 'duplicate names'}")
+        lease_ms = msg.get("lease_ms", DEFAULT_LEASE_MS)
+        if lease_ms <= 0:
+            raise ProtocolError("bad-message", "lease_ms must be positive")
+        with self._lock:
+            if self.session is not None and self.session.alive:
+                raise ProtocolError("busy", f"session {self.session.sid} is {self.session.phase}")
+            side = SideStore(self.side_memory, self.side_dir, self.chunk_size)
+            exports = [self.exports[n] for n in names]
+            self.session = Session(secrets.token_hex(4), exports, self.chunk_size, side, lease_ms / 1000, conn)
+        sid = self.session.sid
+        log(f"session {sid} opened on {', '.join(names)}")
+        return {"session": sid, "views": {n: f"{n}@{sid}" for n in names}}
+
+    def _owned(self, conn) -> Session:
+        s = self.session
+        if s is None:
+            raise ProtocolError("no-session", "no session is open")
+        if s.owner is not conn:
+            raise ProtocolError("not-owner", f"session {s.sid} belongs to another connection")
+        s.last_seen = time.monotonic()
+        if not s.alive:
+            raise ProtocolError("aborted" if s.abort_reason else "no-session", s.abort_reason or f"session {s.sid} is {s.phase}")
+        return s
+
+    def _freeze(self, s: Session, msg):
+        if s.phase != OPEN:
+            raise ProtocolError("wrong-phase", f"freeze needs an open session, this one is {s.phase}")
+        deadline_s = msg.get("deadline_ms", DEFAULT_DEADLINE_MS) / 1000
+        flush = msg.get("flush", True)
+        if flush:
+            for e in s.exports:  # most dirty data goes before the gate closes, so the pause stays short
+                e.device.flush()
+        frozen = []
+        try:
+            for e in s.exports:
+                e.gate.freeze(deadline_s)
+                frozen.append(e)
+            if flush:
+                for e in s.exports:
+                    e.device.flush()
+        except (FreezeTimeout, OSError) as e:
+            for f in frozen:
+                f.gate.thaw()
+            s.abort(f"freeze failed: {e}")
+            raise ProtocolError("freeze-failed", str(e)) from None
+        s.form_concordance()
+        s.set_phase(FROZEN)
+        return {"time_zero": s.time_zero}
+
+    def _thaw(self, s: Session, msg):
+        if s.phase != FROZEN:
+            raise ProtocolError("wrong-phase", f"thaw needs a frozen session, this one is {s.phase}")
+        s.pause_s = {e.name: e.gate.thaw() for e in s.exports}
+        s.set_phase(ACTIVE)
+        if not s.alive:  # the deadline struck between our check and the thaw
+            raise ProtocolError("aborted", s.abort_reason or "aborted")
+        return {"pause_ms": {k: v * 1000 for k, v in s.pause_s.items()}}
+
+    def _export_of(self, s: Session, name: str) -> Export:
+        e = self.exports.get(name)
+        if e is None or e not in s.exports:
+            raise ProtocolError("unknown-export", f"{name} is not in session {s.sid}")
+        if s.phase != ACTIVE:
+            raise ProtocolError("wrong-phase", f"the session is {s.phase}, not active")
+        return e
+
+    def _release(self, s: Session, msg):
+        e = self._export_of(s, msg["export"])
+        for r in msg["ranges"]:
+            if not (isinstance(r, list) and len(r) == 2 and all(type(x) is int for x in r)):
+                raise ProtocolError("bad-message", "release: ranges are [first, count] pairs of integers")
+            try:
+                s.release(e, r[0], r[1])
+            except ValueError as err:
+                raise ProtocolError("bad-message", str(err)) from None
+        return self._pulse(s)
+
+    def _saved(self, s: Session, msg):
+        e = self._export_of(s, msg["export"])
+        return {"chunks": s.saved_chunks(e, msg.get("limit", DEFAULT_SAVED_LIMIT))}
+
+    def _heartbeat(self, s: Session, msg):
+        return self._pulse(s)
+
+    def _pulse(self, s: Session) -> dict:
+        """What the controller needs on every round trip: is the session alive, is there pressure."""
+        if not s.alive:
+            raise ProtocolError("aborted", s.abort_reason or s.phase)
+        return {
+            "phase": s.phase,
+            "pressure": s.side.pressure,
+            "side_bytes": s.side.memory_bytes + s.side.spill_bytes,
+            "chunks_cow": s.cow_chunks,
+        }
+
+    def _close(self, s: Session, msg):
+        status = s.status()
+        s.close()
+        log(f"session {s.sid} closed ({status['chunks_cow']} chunks saved by copy-before-write)")
+        self.last_status = s.status()
+        return {"status": status}
+
+    def _abort(self, s: Session, msg):
+        self.end_session(s, msg.get("reason") or "aborted by the controller")
+        return {}
+
+    # --- endings that come from outside a request ---------------------------
+
+    def end_session(self, s: Session, reason: str) -> None:
+        if s.abort(reason):
+            log(f"session {s.sid} aborted: {reason}")
+            self.last_status = s.status()
+
+    def connection_closed(self, conn) -> None:
+        s = self.session
+        if s is not None and s.owner is conn and s.alive:
+            self.end_session(s, "the controller's control connection closed")
+
+    def _freeze_expired(self) -> None:
+        s = self.session
+        if s is not None:
+            self.end_session(s, "freeze deadline expired before thaw")
+
+    def watchdog_tick(self) -> None:
+        """Called periodically: expire overdue freezes and leases."""
+        for e in self.exports.values():
+            e.gate.expire_if_due()
+        s = self.session
+        if s is not None and s.alive and time.monotonic() - s.last_seen > s.lease_s:
+            self.end_session(s, f"lease expired: no word from the controller for {s.lease_s:g} s")
+
+    def status(self) -> dict:
+        s = self.session
+        return {
+            "exports": [{"name": e.name, "size": e.device.size} for e in self.exports.values()],
+            "chunk_size": self.chunk_size,
+            "side_memory": self.side_memory,
+            "session": s.status() if s is not None and s.alive else None,
+            "last_session": self.last_status,
+        }

@@ -1,0 +1,44 @@
+"""System calls Python's os module lacks: fallocate with mode flags, and the block-device ioctls.
+
+cffi in ABI mode against the C library already loaded in the process, so nothing
+is compiled at install time.
+"""
+
+import errno
+import fcntl
+import os
+import struct
+
+import cffi
+
+_ffi = cffi.FFI()
+_ffi.cdef("int fallocate(int fd, int mode, long offset, long len);")
+_libc = _ffi.dlopen(None)
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+
+# From linux/fs.h: _IO(0x12, 119), _IO(0x12, 127), _IOR(0x12, 114, size_t).
+BLKDISCARD = 0x1277
+BLKZEROOUT = 0x127F
+BLKGETSIZE64 = 0x80081272
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        err = _ffi.errno
+        raise OSError(err, os.strerror(err))
+
+
+def block_device_size(fd: int) -> int:
+    return struct.unpack("Q", fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8))[0]
+
+
+def block_range_ioctl(fd: int, request: int, offset: int, length: int) -> None:
+    fcntl.ioctl(fd, request, struct.pack("QQ", offset, length))
+
+
+def unsupported(e: OSError) -> bool:
+    """True when E means 'this file system or device cannot do that', so a fallback applies."""
+    return e.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENOSYS)
