@@ -1,0 +1,158 @@
+"""Time-zero consistency under load: dependent writers on three exports of two subsystems
+keep writing while a backup runs; the restore must hold, for every writer, exactly
+the initial content plus a prefix of its writes, cut at time zero."""
+
+import datetime
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+from helpers import TZERO, REPO, last_json, make_image, tzero, wait_for
+from writers import DependentWriter, prefix_lengths, untouched_blocks_equal
+
+SIZE = 16 << 20
+WRITERS = 4
+READ_STEP = 256 << 10
+WRITES_PER_STEP = 6
+
+
+class Load:
+    """Images on two subsystems and writers going at them."""
+
+    def __init__(self, tmp_path, serve, *options):
+        names = ["a", "c", "b"]  # a and c on s1, b on s2: stream order a, c, b
+        self.paths = {n: str(tmp_path / f"{n}.img") for n in names}
+        self.initial = [make_image(self.paths[n], SIZE, seed=i) for i, n in enumerate(names)]
+        side = tmp_path / "side"
+        side.mkdir()
+        opts = [*options, "--side-dir", str(side)]
+        self.s1 = serve("s1", {"a": self.paths["a"], "c": self.paths["c"]}, *opts)
+        self.s2 = serve("s2", {"b": self.paths["b"]}, *opts)
+        targets = [(self.s1.socket, "a"), (self.s1.socket, "c"), (self.s2.socket, "b")]
+        self.writers = [DependentWriter(i, WRITERS, targets, [SIZE] * 3, seed=100 + i) for i in range(WRITERS)]
+        for w in self.writers:
+            w.start()
+        wait_for(lambda: all(len(w.log) >= 10 for w in self.writers), 30, "writers to get going")
+
+    def writes(self) -> int:
+        return sum(len(w.log) for w in self.writers)
+
+    def backup_command(self, output: str, *extra) -> list[str]:
+        return [*TZERO, "backup", "-s", self.s1.control, "-s", self.s2.control, "-o", output,
+                "--json", "--no-progress", *extra]
+
+    def stop(self) -> None:
+        for w in self.writers:
+            w.stop.set()
+        for w in self.writers:
+            w.join(30)
+            assert w.error is None, f"{w.name} failed: {w.error!r}"
+
+    def check(self, restored_dir, summary: dict) -> None:
+        assert summary["datasets"] == ["a", "c", "b"]
+        restored = []
+        for n in ["a", "c", "b"]:
+            with open(os.path.join(restored_dir, f"{n}.img"), "rb") as f:
+                restored.append(f.read())
+        tz = datetime.datetime.fromisoformat(summary["time_zero"]).timestamp()
+        for w in self.writers:
+            ks = prefix_lengths(w, self.initial, restored)
+            assert ks, f"{w.name}: the restore is not the initial content plus any prefix of its writes"
+            acked_before = sum(1 for *_, acked in w.log if acked < tz)
+            submitted_after = next((i for i, (*_, sub, _a) in enumerate(w.log) if sub > tz), len(w.log))
+            assert any(acked_before <= k <= submitted_after for k in ks), (
+                f"{w.name}: prefix {ks} does not fall at time zero (must be in [{acked_before}, {submitted_after}])")
+        assert untouched_blocks_equal(self.writers, self.initial, restored)
+
+
+def paced_copy(proc, sink, load: Load) -> None:
+    """Move the backup stream from PROC to SINK, letting writers land writes between reads,
+    so that copy-before-write is certain to happen mid-copy."""
+    while True:
+        data = proc.stdout.read(READ_STEP)
+        if not data:
+            return
+        sink.write(data)
+        target = load.writes() + WRITES_PER_STEP
+        deadline = time.monotonic() + 5
+        while load.writes() < target and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+
+def backup_through_pipe(load: Load, tmp_path, *extra) -> tuple[str, dict]:
+    out = tmp_path / "backup.tzb"
+    stderr = []
+    with subprocess.Popen(load.backup_command("-", *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          cwd=REPO) as proc, open(out, "wb") as sink:
+        reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read().decode()))
+        reader.start()
+        paced_copy(proc, sink, load)
+        status = proc.wait(120)
+        reader.join()
+    assert status == 0, f"backup failed: {stderr}"
+    return str(out), last_json(stderr[0])
+
+
+@pytest.mark.parametrize("chunk", ["16K", "64K", "1M"])
+def test_backup_under_dependent_writers_restores_a_prefix_at_time_zero(tmp_path, serve, chunk):
+    load = Load(tmp_path, serve, "--chunk", chunk)
+    try:
+        out, summary = backup_through_pipe(load, tmp_path)
+    finally:
+        load.stop()
+    assert summary["chunks_cow"] > 0, "the paced copy must have made writers hit uncopied chunks"
+    tzero("verify", out)
+    tzero("restore", out, "--to", tmp_path / "restored")
+    load.check(tmp_path / "restored", summary)
+
+
+def test_backup_with_tiny_side_memory_spills_and_copies_ahead_and_stays_exact(tmp_path, serve):
+    load = Load(tmp_path, serve, "--chunk", "64K", "--side-memory", "128K")
+    try:
+        out, summary = backup_through_pipe(load, tmp_path)
+    finally:
+        load.stop()
+    assert summary["chunks_cow"] > 0
+    assert summary["side_peak_bytes"] > 128 << 10, "the side store must have spilled past its memory"
+    assert summary["chunks_ahead"] > 0, "pressure must have made the copier fetch saved chunks ahead of order"
+    tzero("restore", out, "--to", tmp_path / "restored")
+    load.check(tmp_path / "restored", summary)
+
+
+def test_backup_to_file_under_writers_restores_a_prefix_at_time_zero(tmp_path, serve):
+    load = Load(tmp_path, serve, "--chunk", "64K")
+    out = tmp_path / "backup.tzb"
+    try:
+        proc = subprocess.run(load.backup_command(str(out)), capture_output=True, text=True, cwd=REPO, timeout=120)
+    finally:
+        load.stop()
+    assert proc.returncode == 0, proc.stderr
+    summary = last_json(proc.stdout)
+    assert not os.path.exists(f"{out}.partial")
+    tzero("restore", out, "--to", tmp_path / "restored")
+    load.check(tmp_path / "restored", summary)
+
+
+def test_backup_piped_straight_into_restore_is_exact(tmp_path, serve):
+    load = Load(tmp_path, serve, "--chunk", "64K")
+    restored = tmp_path / "restored"
+    errors = []
+    try:
+        with subprocess.Popen(load.backup_command("-"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              cwd=REPO) as backup, \
+             subprocess.Popen([*TZERO, "restore", "-", "--to", str(restored)], stdin=subprocess.PIPE,
+                              stderr=subprocess.PIPE, cwd=REPO) as restore:
+            reader = threading.Thread(target=lambda: errors.append(backup.stderr.read().decode()))
+            reader.start()
+            paced_copy(backup, restore.stdin, load)
+            restore.stdin.close()
+            assert backup.wait(120) == 0
+            reader.join()
+            assert restore.wait(120) == 0, restore.stderr.read().decode()
+    finally:
+        load.stop()
+    summary = last_json(errors[0])
+    assert summary["chunks_cow"] > 0
+    load.check(restored, summary)

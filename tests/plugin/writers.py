@@ -1,0 +1,97 @@
+"""Dependent writers: each waits for its write to complete before issuing the next.
+
+Writer w owns the 4 KiB blocks whose index % WRITERS == w on every export, so
+writers never overwrite each other, and every block it writes is stamped with
+(writer, sequence) and filled from that stamp. A time-zero backup must contain,
+for each writer, exactly a prefix of its writes: `prefix_lengths` finds which.
+"""
+
+import hashlib
+import struct
+import threading
+import time
+
+import nbd
+
+BLOCK = 4096
+
+
+def stamped_block(writer: int, seq: int) -> bytes:
+    head = struct.pack("<4sII", b"TZW1", writer, seq)
+    fill = hashlib.shake_128(head).digest(BLOCK - len(head))
+    return head + fill
+
+
+class DependentWriter(threading.Thread):
+    def __init__(self, index: int, writers: int, targets: list, sizes: list[int], seed: int):
+        """TARGETS: [(subsystem socket, export name)], written in a seeded random order."""
+        super().__init__(name=f"writer-{index}", daemon=True)
+        self.index = index
+        self.writers = writers
+        self.targets = targets
+        self.sizes = sizes
+        self.seed = seed
+        self.log: list[tuple[int, int, bytes, float, float]] = []  # (target, offset, data, submitted, acked)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        import random
+
+        rnd = random.Random(self.seed)
+        handles = []
+        try:
+            for sock, name in self.targets:
+                h = nbd.NBD()
+                h.set_export_name(name)
+                h.connect_unix(sock)
+                handles.append(h)
+            seq = 0
+            while not self.stop.is_set():
+                t = rnd.randrange(len(self.targets))
+                blocks = self.sizes[t] // BLOCK
+                block = rnd.randrange(self.index, blocks, self.writers)
+                data = stamped_block(self.index, seq)
+                submitted = time.time()
+                handles[t].pwrite(data, block * BLOCK)
+                self.log.append((t, block * BLOCK, data, submitted, time.time()))
+                seq += 1
+        except BaseException as e:  # reported by the test, which joins us
+            self.error = e
+        finally:
+            for h in handles:
+                h.shutdown()
+
+
+def prefix_lengths(writer: DependentWriter, initial: list[bytes], restored: list[bytes]) -> list[int]:
+    """Every k such that RESTORED equals INITIAL plus the writer's first k writes, on its own blocks."""
+    expected = {}  # (target, offset) -> bytes it should hold for the current k
+    mismatched = set()
+    for t, off, *_ in writer.log:
+        key = (t, off)
+        if key not in expected:
+            expected[key] = initial[t][off:off + BLOCK]
+            if restored[t][off:off + BLOCK] != expected[key]:
+                mismatched.add(key)
+    found = [0] if not mismatched else []
+    for k, (t, off, data, *_) in enumerate(writer.log, start=1):
+        key = (t, off)
+        if restored[t][off:off + BLOCK] == data:
+            mismatched.discard(key)
+        else:
+            mismatched.add(key)
+        if not mismatched:
+            found.append(k)
+    return found
+
+
+def untouched_blocks_equal(writers: list, initial: list[bytes], restored: list[bytes]) -> bool:
+    """Blocks no writer wrote must be exactly their initial content."""
+    written = {(t, off) for w in writers for t, off, *_ in w.log}
+    for t, (a, b) in enumerate(zip(initial, restored)):
+        if len(a) != len(b):
+            return False
+        for off in range(0, len(a), BLOCK):
+            if (t, off) not in written and a[off:off + BLOCK] != b[off:off + BLOCK]:
+                return False
+    return True
