@@ -1,0 +1,17 @@
+"""tzero detach: disconnect a kernel NBD device that tzero attach (or anything) set up."""
+
+from controller import nbd_netlink
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "detach", help="disconnect /dev/nbdN (kernel NBD, needs root)",
+        description="Disconnect a kernel NBD device. Unmount it first: a device still open "
+                    "stays until its last user closes it.")
+    p.add_argument("device", metavar="/dev/nbdN")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    nbd_netlink.detach(nbd_netlink.parse_device(args.device))
+    return 0
