@@ -390,6 +390,10 @@ class StreamReader:
         self._f = f
         self._digest = xxhash.xxh3_128()
         self.position = 0  # bytes consumed front to back
+        self.seekable = _seekable(f)
+        # Stream positions count from the stream's first byte, which need not be
+        # the file's (stdin redirected from a file that was partly read).
+        self._base = f.tell() if self.seekable else 0
         self.trailer = None
         self._started = False
         self.header = self._read_header()
@@ -542,13 +546,13 @@ class StreamReader:
         The stream digest is returned but not verified: that takes records().
         """
         with _kept_position(self._f):
-            end = self._f.seek(0, 2)
+            end = self._f.seek(0, 2) - self._base
             smallest = self._data_start + _INDEX_HEAD.size + _CHECK + TRAILER_SIZE
             where = dict(section="trailer")
             if end < smallest:
                 raise FormatError(f"stream is {end} bytes, too short to hold an index "
                                   "and a trailer", **where)
-            self._f.seek(end - TRAILER_SIZE)
+            self._f.seek(self._base + end - TRAILER_SIZE)
             raw = _read_exact(self._f, TRAILER_SIZE)
         if raw[-len(END_MAGIC):] != END_MAGIC:
             raise FormatError("bad end magic (an incomplete backup?)", **where)
@@ -569,7 +573,7 @@ class StreamReader:
         where = dict(section="index")
         size = _INDEX_HEAD.size + trailer.record_count * _ENTRY.size + _CHECK
         with _kept_position(self._f):
-            self._f.seek(trailer.index_position)
+            self._f.seek(self._base + trailer.index_position)
             raw = _read_exact(self._f, size)
         if len(raw) != size:
             raise FormatError(f"truncated: expected {size} bytes, got {len(raw)}", **where)
@@ -588,7 +592,7 @@ class StreamReader:
         where = dict(dataset=name, offset=entry.offset)
         size = _RECORD.size + entry.stored_length + _CHECK
         with _kept_position(self._f):
-            self._f.seek(entry.position)
+            self._f.seek(self._base + entry.position)
             raw = _read_exact(self._f, size)
         if len(raw) != size:
             raise FormatError(f"truncated in the record: expected {size} bytes, got {len(raw)}", **where)
@@ -687,6 +691,13 @@ def _place_problem(datasets, last_ds, lowest, ds, offset, length) -> str | None:
     return None
 
 
+def _seekable(f) -> bool:
+    try:
+        return f.seekable()
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def _read_exact(f, n) -> bytes:
     """Up to N bytes from F: fewer only at end of file. A raw file may return short reads."""
     data = f.read(n)
@@ -712,7 +723,7 @@ class _kept_position:
         self._f = f
 
     def __enter__(self):
-        if not self._f.seekable():
+        if not _seekable(self._f):
             raise FormatError("reading from the end needs a seekable file", section="trailer")
         self._saved = self._f.tell()
 
