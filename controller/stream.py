@@ -456,45 +456,55 @@ class StreamReader:
         count = data_bytes = stored_bytes = 0
         ds, next_offset = 0, 0
         while True:
-            between = self._between(ds, next_offset, count)
             position = self.position
-            tag = self._read(4, "stream after the last record", between)
-            if tag == INDEX_TAG:
+            rec = self._read_record(ds, next_offset if count else 0)
+            if rec is None:
                 break
-            if tag != RECORD_TAG:
-                raise FormatError(f"expected a record or the index at stream byte {position}, "
-                                  f"found {tag!r}", **between)
-            head = tag + self._read(_RECORD.size - 4, "record head", between)
-            _, codec, flags, reserved, rds, length, offset, stored, reserved2 = _RECORD.unpack(head)
-            where = (dict(dataset=datasets[rds].name, offset=offset) if rds < len(datasets)
-                     else between)
-            if stored > MAX_RECORD_LENGTH:
-                raise FormatError(f"record length {stored} exceeds the limit of "
-                                  f"{MAX_RECORD_LENGTH}", **where)
-            payload = self._read(stored, "record payload", where)
-            check = xxhash.xxh3_128(head)
-            check.update(payload)
-            if check.digest() != self._read(_CHECK, "record checksum", where):
-                raise FormatError("record checksum mismatch", **where)
-            problem = (_codec_problem(codec, flags, reserved, reserved2, length, stored)
-                       or _place_problem(datasets, ds, next_offset if count else 0,
-                                         rds, offset, length))
-            if problem:
-                raise FormatError(problem, **where)
-            implied_index.update(_ENTRY.pack(rds, codec, 0, 0, offset, length, stored, position))
+            head, payload = rec
+            _, codec, _, _, ds, length, offset, stored, _ = _RECORD.unpack(head)
+            implied_index.update(_ENTRY.pack(ds, codec, 0, 0, offset, length, stored, position))
             count += 1
             data_bytes += length
             stored_bytes += stored
-            ds, next_offset = rds, offset + length
-            yield Record(rds, datasets[rds].name, offset, payload)
+            next_offset = offset + length
+            yield Record(ds, datasets[ds].name, offset, payload)
         self._check_index(position, count, implied_index.digest())
         self._check_trailer(position, count, data_bytes, stored_bytes)
 
-    def _between(self, ds, next_offset, count) -> dict:
-        """Where the stream is when it is between records: the end of the last good one."""
+    def _read_record(self, last_ds, lowest):
+        """The next record as (head, payload), checked against its check and the
+        ordering rules given the last one (LAST_DS ending at LOWEST); None at the index."""
+        datasets = self.header.datasets
+        between = self._between(last_ds, lowest)
+        position = self.position
+        tag = self._read(4, "stream after the last record", between)
+        if tag == INDEX_TAG:
+            return None
+        if tag != RECORD_TAG:
+            raise FormatError(f"expected a record or the index at stream byte {position}, "
+                              f"found {tag!r}", **between)
+        head = tag + self._read(_RECORD.size - 4, "record head", between)
+        _, codec, flags, reserved, ds, length, offset, stored, reserved2 = _RECORD.unpack(head)
+        where = dict(dataset=datasets[ds].name, offset=offset) if ds < len(datasets) else between
+        if stored > MAX_RECORD_LENGTH:
+            raise FormatError(f"record length {stored} exceeds the limit of "
+                              f"{MAX_RECORD_LENGTH}", **where)
+        payload = self._read(stored, "record payload", where)
+        check = xxhash.xxh3_128(head)
+        check.update(payload)
+        if check.digest() != self._read(_CHECK, "record checksum", where):
+            raise FormatError("record checksum mismatch", **where)
+        problem = (_codec_problem(codec, flags, reserved, reserved2, length, stored)
+                   or _place_problem(datasets, last_ds, lowest, ds, offset, length))
+        if problem:
+            raise FormatError(problem, **where)
+        return head, payload
+
+    def _between(self, ds, offset) -> dict:
+        """Where the stream is between records: the end of the last good one."""
         if not self.header.datasets:
             return dict(section="records")
-        return dict(dataset=self.header.datasets[ds].name, offset=next_offset if count else 0)
+        return dict(dataset=self.header.datasets[ds].name, offset=offset)
 
     def _check_index(self, index_position, count, implied) -> None:
         where = dict(section="index")
