@@ -608,3 +608,27 @@ def test_writer_after_output_error_refuses_further_use():
         w.write(0, 512, b"x" * 512)
     with pytest.raises(ValueError, match="broken"):
         w.write(1, 0, b"x")
+
+
+def test_stream_example_in_format_doc_has_the_documented_positions():
+    out = io.BytesIO()
+    w = StreamWriter(out, header(("a", 1 << 20)))
+    w.write(0, 65536, b"\x07" * 512)
+    w.finish()
+    blob = out.getvalue()
+    h = struct.unpack_from("<I", blob, 12)[0]
+    assert len(blob) == 736 + h
+    assert blob[32 + h:36 + h] == b"RECD" and blob[592 + h:596 + h] == b"INDX"
+    assert blob[656 + h:660 + h] == b"TRLR"
+    assert StreamReader(io.BytesIO(blob)).read_index()[0].position == 32 + h
+
+
+def test_reader_stream_starting_inside_a_file_reads_from_the_end(tmp_path):
+    path = tmp_path / "concat"
+    path.write_bytes(b"prefix" + build())
+    with open(path, "rb") as f:
+        f.read(6)
+        r = StreamReader(f)
+        index = r.read_index()
+        assert r.read_record(index[1]) == RECORDS[1][2]
+        assert [(x.dataset_index, x.offset, x.data) for x in r.records()] == RECORDS
