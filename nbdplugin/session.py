@@ -22,7 +22,8 @@ OPEN, FROZEN, ACTIVE, CLOSED, ABORTED = "open", "frozen", "active", "closed", "a
 
 
 class Session:
-    def __init__(self, sid: str, exports: list, chunk_size: int, side: SideStore, lease_s: float, owner):
+    def __init__(self, sid: str, exports: list, chunk_size: int, side: SideStore, lease_s: float, owner,
+                 on_end=None):
         self.sid = sid  # set at open, never changed
         self.exports = exports  # [Export], set at open, never changed
         self.chunk_size = chunk_size
@@ -39,6 +40,7 @@ class Session:
         self.cow_chunks = 0  # counters: approximate under concurrency is fine, they are statistics
         self.released_bytes = 0
         self._lock = threading.Lock()  # guards phase transitions and abort_reason
+        self.on_end = on_end  # called once, with the session, after it closed or aborted
 
     @property
     def alive(self) -> bool:
@@ -75,6 +77,8 @@ class Session:
         for e in self.exports:
             e.gate.thaw()
         self.side.close()
+        if self.on_end is not None:
+            self.on_end(self)
 
     # --- copy-before-write -------------------------------------------------
 

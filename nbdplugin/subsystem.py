@@ -107,7 +107,8 @@ class Subsystem:
                 raise ProtocolError("busy", f"session {self.session.sid} is {self.session.phase}")
             side = SideStore(self.side_memory, self.side_dir, self.chunk_size)
             exports = [self.exports[n] for n in names]
-            self.session = Session(secrets.token_hex(4), exports, self.chunk_size, side, lease_ms / 1000, conn)
+            self.session = Session(secrets.token_hex(4), exports, self.chunk_size, side, lease_ms / 1000, conn,
+                                   on_end=self._session_ended)
         sid = self.session.sid
         log(f"session {sid} opened on {', '.join(names)}")
         return {"session": sid, "views": {n: f"{n}@{sid}" for n in names}}
@@ -197,30 +198,30 @@ class Subsystem:
     def _close(self, s: Session, msg):
         status = s.status()
         s.close()
-        log(f"session {s.sid} closed ({status['chunks_cow']} chunks saved by copy-before-write)")
-        self.last_status = s.status()
         return {"status": status}
 
     def _abort(self, s: Session, msg):
-        self.end_session(s, msg.get("reason") or "aborted by the controller")
+        s.abort(msg.get("reason") or "aborted by the controller")
         return {}
 
     # --- endings that come from outside a request ---------------------------
 
-    def end_session(self, s: Session, reason: str) -> None:
-        if s.abort(reason):
-            log(f"session {s.sid} aborted: {reason}")
-            self.last_status = s.status()
+    def _session_ended(self, s: Session) -> None:
+        self.last_status = s.status()
+        if s.abort_reason:
+            log(f"session {s.sid} aborted: {s.abort_reason}")
+        else:
+            log(f"session {s.sid} closed ({s.cow_chunks} chunks saved by copy-before-write)")
 
     def connection_closed(self, conn) -> None:
         s = self.session
         if s is not None and s.owner is conn and s.alive:
-            self.end_session(s, "the controller's control connection closed")
+            s.abort("the controller's control connection closed")
 
     def _freeze_expired(self) -> None:
         s = self.session
         if s is not None:
-            self.end_session(s, "freeze deadline expired before thaw")
+            s.abort("freeze deadline expired before thaw")
 
     def watchdog_tick(self) -> None:
         """Called periodically: expire overdue freezes and leases."""
@@ -228,7 +229,7 @@ class Subsystem:
             e.gate.expire_if_due()
         s = self.session
         if s is not None and s.alive and time.monotonic() - s.last_seen > s.lease_s:
-            self.end_session(s, f"lease expired: no word from the controller for {s.lease_s:g} s")
+            s.abort(f"lease expired: no word from the controller for {s.lease_s:g} s")
 
     def status(self) -> dict:
         s = self.session
