@@ -73,8 +73,8 @@ class Copier:
             for i in range(len(self.datasets)):
                 self._copy_dataset(i)
         except nbd.Error as e:
-            self.group.check()  # a subsystem-side abort explains a failed read best
-            raise SessionAborted(f"reading a time-zero view failed: {e}") from None
+            reason = self.group.explain()  # a subsystem-side abort explains a failed read best
+            raise SessionAborted(f"backup abandoned: {reason or f'reading a time-zero view failed: {e}'}") from None
         finally:
             for h in self.handles:
                 try:

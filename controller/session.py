@@ -126,6 +126,18 @@ class ConsistencyGroup:
         if self.failure:
             raise SessionAborted(f"backup abandoned: {self.failure}")
 
+    def explain(self) -> str | None:
+        """Ask every subsystem whether its session is still alive; the first one's
+        reason for ending it, or None if all are well (used after a failed view read)."""
+        if self.failure:
+            return self.failure
+        for m in self.members:
+            try:
+                m.client.request("heartbeat")
+            except SubsystemError as e:
+                return str(e)
+        return None
+
     def release(self, m: Member, export: str, ranges: list[list[int]]) -> None:
         self.note_pulse(m, m.client.request("release", export=export, ranges=ranges))
 
