@@ -1,0 +1,175 @@
+"""Failures: the backup breaks loudly, the application never does."""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import nbd
+import pytest
+from control import RawControl
+from helpers import REPO, TZERO, make_image, tzero, wait_for
+
+SIZE = 4 << 20
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tzero: "), f"expected one tzero: line, got {stderr!r}"
+    return lines[0]
+
+
+def live(sub, name="a") -> nbd.NBD:
+    h = nbd.NBD()
+    h.set_export_name(name)
+    h.connect_unix(sub.socket)
+    return h
+
+
+@pytest.fixture
+def sub(tmp_path, serve):
+    make_image(tmp_path / "a.img", SIZE, seed=5)
+    return serve("s", {"a": tmp_path / "a.img"}, "--chunk", "64K")
+
+
+def last_session(sub) -> dict:
+    return wait_for(lambda: sub.status()["last_session"], 10, "the session to end")
+
+
+def test_controller_killed_mid_session_writes_go_on_and_session_ends(tmp_path, sub):
+    h = live(sub)
+    with subprocess.Popen([*TZERO, "backup", "-s", sub.control, "-o", "-", "--no-progress"],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO) as proc:
+        # Nobody reads the pipe, so the controller stalls mid-copy with its session open.
+        wait_for(lambda: (sub.status()["session"] or {}).get("phase") == "active", 30, "an active session")
+        for i in range(8):
+            h.pwrite(b"w" * 4096, (40 + i) * 65536)
+        assert sub.status()["session"]["side_memory_bytes"] > 0
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    ended = last_session(sub)
+    assert ended["phase"] == "aborted" and "control connection closed" in ended["abort_reason"]
+    assert ended["side_memory_bytes"] == 0 and ended["side_spill_bytes"] == 0
+    h.pwrite(b"after" * 100, 0)
+    assert h.pread(500, 0) == b"after" * 100
+    assert h.pread(4096, 47 * 65536) == b"w" * 4096
+    h.shutdown()
+
+
+def test_freeze_deadline_expiry_releases_writers_and_fails_the_session(sub):
+    ctl = RawControl(sub.control)
+    h = live(sub)
+    try:
+        ctl.rq("hello", version=1)
+        ctl.rq("open", lease_ms=60000)
+        assert ctl.rq("freeze", deadline_ms=300)["ok"]
+        started = time.monotonic()
+        h.pwrite(b"z" * 4096, 0)  # held by the gate until the deadline strikes
+        held = time.monotonic() - started
+        assert 0.1 < held < 10, f"the write was held {held:.3f} s"
+        reply = ctl.rq("thaw")
+        assert reply["error"] == "aborted" and "freeze deadline" in reply["message"]
+        assert h.pread(4096, 0) == b"z" * 4096
+    finally:
+        ctl.close()
+        h.shutdown()
+    assert "freeze deadline" in last_session(sub)["abort_reason"]
+
+
+def test_silent_controller_loses_its_session_when_the_lease_runs_out(sub):
+    ctl = RawControl(sub.control)
+    try:
+        ctl.rq("hello", version=1)
+        ctl.rq("open", lease_ms=300)
+        ctl.rq("freeze")
+        ctl.rq("thaw")
+        ended = last_session(sub)
+        assert ended["phase"] == "aborted" and "lease expired" in ended["abort_reason"]
+        assert ctl.rq("heartbeat")["error"] in ("aborted", "no-session")
+    finally:
+        ctl.close()
+
+
+@pytest.fixture
+def tiny_side_dir(tmp_path):
+    """A 256 KiB tmpfs for the spill file (needs root and mount)."""
+    d = tmp_path / "tiny"
+    d.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(d)]).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield d
+    subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def test_full_spill_folder_aborts_the_backup_and_writes_succeed_intact(tmp_path, serve, tiny_side_dir):
+    initial = make_image(tmp_path / "a.img", SIZE, seed=6)
+    sub = serve("s", {"a": tmp_path / "a.img"}, "--chunk", "64K", "--side-memory", "64K", "--side-dir", tiny_side_dir)
+    h = live(sub)
+    expected = bytearray(initial)
+    with subprocess.Popen([*TZERO, "backup", "-s", sub.control, "-o", "-", "--no-progress"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO) as proc:
+        wait_for(lambda: (sub.status()["session"] or {}).get("phase") == "active", 30, "an active session")
+        for c in range(20, 60):  # 40 chunks of old data: far beyond 64K of memory plus 256K of spill
+            block = bytes([c]) * 4096
+            h.pwrite(block, c * 65536 + 512)
+            expected[c * 65536 + 512:c * 65536 + 512 + 4096] = block
+        ended = last_session(sub)
+        assert ended["phase"] == "aborted" and "side store full" in ended["abort_reason"]
+        drained = threading.Thread(target=proc.stdout.read)
+        drained.start()
+        status = proc.wait(60)
+        drained.join()
+        stderr = proc.stderr.read().decode()
+    assert status == 1
+    assert "side store full" in one_line(stderr) or "abandoned" in one_line(stderr)
+    assert h.pread(SIZE, 0) == bytes(expected), "every application write landed, nothing else changed"
+    h.shutdown()
+
+
+def test_backup_of_a_missing_subsystem_fails_with_one_line(tmp_path):
+    proc = tzero("backup", "-s", tmp_path / "none.ctl", "-o", tmp_path / "out.tzb", check=False)
+    assert proc.returncode == 1 and "none.ctl" in one_line(proc.stderr)
+    assert not os.path.exists(tmp_path / "out.tzb") and not os.path.exists(tmp_path / "out.tzb.partial")
+
+
+def test_backup_refuses_to_overwrite_without_force(tmp_path, sub):
+    (tmp_path / "out.tzb").write_bytes(b"keep me")
+    proc = tzero("backup", "-s", sub.control, "-o", tmp_path / "out.tzb", check=False)
+    assert proc.returncode == 2 and "--force" in one_line(proc.stderr)
+    assert (tmp_path / "out.tzb").read_bytes() == b"keep me"
+    assert sub.status()["session"] is None, "nothing was frozen for a refused backup"
+
+
+def test_damaged_backup_fails_verify_and_restore_with_one_line_and_leaves_nothing(tmp_path, sub):
+    out = tmp_path / "out.tzb"
+    tzero("backup", "-s", sub.control, "-o", out, "--no-progress")
+    data = bytearray(out.read_bytes())
+    cut = tmp_path / "cut.tzb"
+    cut.write_bytes(data[: len(data) // 2])
+    flipped = tmp_path / "flipped.tzb"
+    data[len(data) // 3] ^= 0x40
+    flipped.write_bytes(data)
+    for bad in (cut, flipped):
+        v = tzero("verify", bad, check=False)
+        assert v.returncode == 1 and "'a'" in one_line(v.stderr)
+        target = tmp_path / f"restore-{bad.stem}"
+        r = tzero("restore", bad, "--to", target, check=False)
+        assert r.returncode == 1
+        one_line(r.stderr)
+        assert not os.path.exists(target / "a.img") and not os.path.exists(target / "a.img.partial")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["a=/nonexistent/disk.img"], "No such file"),
+    (["a={tmp}"], "is a directory"),
+    (["a={img}", "a={img}"], "given twice"),
+    (["--chunk", "3K", "a={img}"], "power of two"),
+    (["bad@name={img}"], "export name"),
+])
+def test_serve_refuses_bad_exports_with_one_line(tmp_path, args, fragment):
+    img = tmp_path / "x.img"
+    img.write_bytes(bytes(4096))
+    args = [a.format(tmp=tmp_path, img=img) for a in args]
+    proc = tzero("serve", "--control", tmp_path / "c.ctl", "--socket", tmp_path / "n.sock", *args, check=False, timeout=60)
+    assert proc.returncode == 2 and fragment in one_line(proc.stderr)
