@@ -21,9 +21,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# The fast loop: everything but the VM guests.
+# The fast loop: everything but the VM guests and the demo.
 check: setup
-	$(PY) -m pytest -q -m 'not vm' $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m 'not vm and not demo' $(PYTEST_ARGS)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -33,3 +33,6 @@ demo: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Last, so that `make` alone still means `make setup`.
+-include vm/vm.mk

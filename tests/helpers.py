@@ -2,11 +2,12 @@
 
 import json
 import os
-import random
-import signal
 import subprocess
 import sys
 import time
+
+from controller.local_subsystem import LocalSubsystem
+from controller.workload import make_image  # noqa: F401  (tests import it from here)
 
 TZERO = [sys.executable, "-m", "controller"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,47 +25,15 @@ def last_json(text: str) -> dict:
     return json.loads(text.strip().splitlines()[-1])
 
 
-def make_image(path, size: int, seed: int, zero_every: int = 5) -> bytes:
-    """An image of SIZE bytes: random 64 KiB pieces, every ZERO_EVERY-th left as a hole."""
-    rnd = random.Random(seed)
-    piece = 64 << 10
-    content = bytearray(size)
-    for off in range(0, size, piece):
-        if (off // piece) % zero_every != 0:
-            n = min(piece, size - off)
-            content[off:off + n] = rnd.randbytes(n)
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for off in range(0, size, piece):
-            chunk = content[off:off + piece]
-            if any(chunk):
-                f.seek(off)
-                f.write(chunk)
-    return bytes(content)
-
-
-class Subsystem:
-    """`tzero serve` in the background, stopped by stop()."""
+class Subsystem(LocalSubsystem):
+    """`tzero serve` in the background, its output kept in NAME.log for failure messages."""
 
     def __init__(self, workdir, name: str, exports: dict, *options):
-        self.dir = str(workdir)
-        self.control = os.path.join(self.dir, f"{name}.ctl")
-        self.socket = os.path.join(self.dir, f"{name}.sock")
-        self.pidfile = os.path.join(self.dir, f"{name}.pid")
-        self.log = open(os.path.join(self.dir, f"{name}.log"), "w+")
-        specs = [f"{n}={p}" for n, p in exports.items()]
-        self.proc = subprocess.Popen(
-            [*TZERO, "serve", "--control", self.control, "--socket", self.socket, "--pidfile", self.pidfile,
-             *map(str, options), *specs],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
-        deadline = time.monotonic() + 60
-        while not os.path.exists(self.pidfile):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"tzero serve did not start:\n{self.output()}")
-            time.sleep(0.05)
-
-    def uri(self, export: str) -> str:
-        return f"nbd+unix:///{export}?socket={self.socket}"
+        self.log = open(os.path.join(str(workdir), f"{name}.log"), "w+")
+        try:
+            super().__init__(workdir, name, exports, *options, log=self.log)
+        except RuntimeError as e:
+            raise AssertionError(f"{e}:\n{self.output()}") from None
 
     def output(self) -> str:
         self.log.flush()
@@ -75,15 +44,9 @@ class Subsystem:
         return last_json(tzero("status", self.control, "--json").stdout)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = super().stop()
         self.log.close()
-        return self.proc.returncode
+        return code
 
 
 def wait_for(predicate, timeout: float, what: str):

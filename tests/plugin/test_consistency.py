@@ -10,7 +10,7 @@ import time
 
 import pytest
 from helpers import TZERO, REPO, last_json, make_image, tzero, wait_for
-from writers import DependentWriter, prefix_lengths, untouched_blocks_equal
+from controller.workload import DependentWriter, time_zero_problems
 
 SIZE = 16 << 20
 WRITERS = 4
@@ -57,14 +57,9 @@ class Load:
             with open(os.path.join(restored_dir, f"{n}.img"), "rb") as f:
                 restored.append(f.read())
         tz = datetime.datetime.fromisoformat(summary["time_zero"]).timestamp()
-        for w in self.writers:
-            ks = prefix_lengths(w, self.initial, restored)
-            assert ks, f"{w.name}: the restore is not the initial content plus any prefix of its writes"
-            acked_before = sum(1 for *_, acked in w.log if acked < tz)
-            submitted_after = next((i for i, (*_, sub, _a) in enumerate(w.log) if sub > tz), len(w.log))
-            assert any(acked_before <= k <= submitted_after for k in ks), (
-                f"{w.name}: prefix {ks} does not fall at time zero (must be in [{acked_before}, {submitted_after}])")
-        assert untouched_blocks_equal(self.writers, self.initial, restored)
+        problems, cuts = time_zero_problems(self.writers, self.initial, restored, tz)
+        assert not problems
+        assert all(0 < k < len(w.log) for k, w in zip(cuts, self.writers)), "time zero fell mid-run for every writer"
 
 
 def paced_copy(proc, sink, load: Load) -> None:

@@ -1,4 +1,6 @@
-"""Dependent writers: each waits for its write to complete before issuing the next.
+"""A checkable live workload, for the demo, the tests and the benchmarks.
+
+Dependent writers: each waits for its write to complete before issuing the next.
 
 Writer w owns the 4 KiB blocks whose index % WRITERS == w on every export, so
 writers never overwrite each other, and every block it writes is stamped with
@@ -7,6 +9,7 @@ for each writer, exactly a prefix of its writes: `prefix_lengths` finds which.
 """
 
 import hashlib
+import random
 import struct
 import threading
 import time
@@ -14,6 +17,25 @@ import time
 import nbd
 
 BLOCK = 4096
+
+
+def make_image(path, size: int, seed: int, zero_every: int = 5) -> bytes:
+    """An image of SIZE bytes: random 64 KiB pieces, every ZERO_EVERY-th left as a hole."""
+    rnd = random.Random(seed)
+    piece = 64 << 10
+    content = bytearray(size)
+    for off in range(0, size, piece):
+        if (off // piece) % zero_every != 0:
+            n = min(piece, size - off)
+            content[off:off + n] = rnd.randbytes(n)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for off in range(0, size, piece):
+            chunk = content[off:off + piece]
+            if any(chunk):
+                f.seek(off)
+                f.write(chunk)
+    return bytes(content)
 
 
 def stamped_block(writer: int, seq: int) -> bytes:
@@ -36,8 +58,6 @@ class DependentWriter(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        import random
-
         rnd = random.Random(self.seed)
         handles = []
         try:
@@ -95,3 +115,23 @@ def untouched_blocks_equal(writers: list, initial: list[bytes], restored: list[b
             if (t, off) not in written and a[off:off + BLOCK] != b[off:off + BLOCK]:
                 return False
     return True
+
+
+def time_zero_problems(writers: list, initial: list[bytes], restored: list[bytes], time_zero: float) -> tuple[list[str], list[int]]:
+    """Check RESTORED against the writers' logs: for each writer, the restore must hold a prefix
+    of its writes that contains every write acknowledged before TIME_ZERO (epoch seconds) and
+    none submitted after it. Returns (problems, the prefix length found per writer)."""
+    problems, cuts = [], []
+    for w in writers:
+        ks = prefix_lengths(w, initial, restored)
+        lo = sum(1 for *_, acked in w.log if acked < time_zero)
+        hi = next((i for i, (*_, submitted, _acked) in enumerate(w.log) if submitted > time_zero), len(w.log))
+        fitting = [k for k in ks if lo <= k <= hi]
+        if not ks:
+            problems.append(f"{w.name}: the restore holds no prefix of its writes")
+        elif not fitting:
+            problems.append(f"{w.name}: prefix {ks} is not at time zero (expected between {lo} and {hi} writes)")
+        cuts.append(fitting[0] if fitting else -1)
+    if not untouched_blocks_equal(writers, initial, restored):
+        problems.append("blocks no writer touched differ from their initial content")
+    return problems, cuts
