@@ -25,13 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"controller.cmd_{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"controller.cmd_{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"controller.cmd_{name}").register(sub)
     return parser
 
 
