@@ -18,6 +18,7 @@ from controller.errors import SessionAborted, SubsystemError, UsageError
 
 DEFAULT_LEASE_MS = 30000
 DEFAULT_DEADLINE_MS = 2000
+HEARTBEAT_MAX_S = 0.5
 
 
 @dataclass
@@ -105,7 +106,8 @@ class ConsistencyGroup:
         return replies
 
     def start_heartbeat(self) -> None:
-        interval = max(self.lease_ms / 4000, 0.05)
+        # Often enough to notice side-store pressure promptly, and well inside the lease.
+        interval = min(max(self.lease_ms / 4000, 0.05), HEARTBEAT_MAX_S)
         self._heartbeat = threading.Thread(target=self._beat, args=(interval,), name="tzero-heartbeat", daemon=True)
         self._heartbeat.start()
 
