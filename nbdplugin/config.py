@@ -19,7 +19,7 @@ DEFAULT_CHUNK = 64 << 10
 DEFAULT_SIDE_MEMORY = 256 << 20
 MIN_CHUNK, MAX_CHUNK = 4 << 10, 16 << 20
 EXPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_SIZE = re.compile(r"(\d+)([KMGT]?)", re.IGNORECASE)
+_SIZE = re.compile(r"(\d+)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
 _SHIFT = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
 
 
