@@ -1,0 +1,127 @@
+"""Live exports and time-zero views through real nbdkit and libnbd."""
+
+import os
+import subprocess
+
+import nbd
+import pytest
+from control import RawControl
+from helpers import make_image
+
+SIZE = 4 << 20
+CHUNK = 64 << 10
+
+
+def connect(sub, name, allocation=False) -> nbd.NBD:
+    h = nbd.NBD()
+    h.set_export_name(name)
+    if allocation:
+        h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+    h.connect_unix(sub.socket)
+    return h
+
+
+@pytest.fixture
+def sub(tmp_path, serve):
+    make_image(tmp_path / "a.img", SIZE, seed=1)
+    return serve("s", {"a": tmp_path / "a.img"}, "--chunk", "64K")
+
+
+@pytest.fixture
+def session(sub):
+    """An active session held by a raw control connection: (view name, control)."""
+    ctl = RawControl(sub.control)
+    ctl.rq("hello", version=1)
+    view = ctl.rq("open")["views"]["a"]
+    ctl.rq("freeze")
+    ctl.rq("thaw")
+    yield view, ctl
+    ctl.close()
+
+
+def test_live_export_serves_size_reads_writes_flush_and_fua(tmp_path, sub):
+    h = connect(sub, "a")
+    assert h.get_size() == SIZE and h.can_flush() and h.can_fua() and h.can_trim() and h.can_zero()
+    h.pwrite(b"q" * 4096, 8192, nbd.CMD_FLAG_FUA)
+    h.flush()
+    assert h.pread(4096, 8192) == b"q" * 4096
+    with open(tmp_path / "a.img", "rb") as f:
+        f.seek(8192)
+        assert f.read(4096) == b"q" * 4096
+    h.shutdown()
+
+
+def test_live_export_extents_report_holes_of_a_sparse_file(tmp_path, sub):
+    h = connect(sub, "a", allocation=True)
+    seen = []
+    h.block_status(SIZE, 0, lambda ctx, off, entries, err: seen.extend(entries))
+    holes = [(seen[i], seen[i + 1]) for i in range(0, len(seen), 2) if seen[i + 1] & nbd.STATE_HOLE]
+    assert holes, "make_image leaves every fifth 64 KiB piece as a hole"
+    assert holes[0][0] == CHUNK  # the first piece, at offset 0, is a hole of one piece
+    h.shutdown()
+
+
+@pytest.mark.parametrize("mutation", ["write", "zero", "trim"])
+def test_view_keeps_time_zero_content_whatever_mutates_the_live_export(sub, session, mutation):
+    view, _ = session
+    live, v = connect(sub, "a"), connect(sub, view)
+    before = live.pread(3 * CHUNK, CHUNK)
+    {"write": lambda: live.pwrite(b"x" * 1000, CHUNK + 500),
+     "zero": lambda: live.zero(3 * CHUNK, CHUNK),
+     "trim": lambda: live.trim(3 * CHUNK, CHUNK)}[mutation]()
+    assert v.pread(3 * CHUNK, CHUNK) == before
+    if mutation == "zero":
+        assert live.pread(3 * CHUNK, CHUNK) == bytes(3 * CHUNK)
+    live.shutdown()
+    v.shutdown()
+
+
+def test_view_is_read_only(sub, session):
+    view, _ = session
+    v = connect(sub, view)
+    assert v.is_read_only()
+    with pytest.raises(nbd.Error):
+        v.pwrite(b"x", 0)
+    v.shutdown()
+
+
+def test_view_of_another_session_or_unknown_export_is_refused(sub, session):
+    view, _ = session
+    for name in ("a@deadbeef", "nope", "nope@" + view.split("@")[1]):
+        with pytest.raises(nbd.Error):
+            connect(sub, name)
+
+
+def test_view_read_fails_after_the_session_ends(sub, session):
+    view, ctl = session
+    v = connect(sub, view)
+    assert v.pread(512, 0) is not None
+    ctl.rq("close")
+    with pytest.raises(nbd.Error):
+        v.pread(512, 0)
+    v.shutdown()
+
+
+def test_exports_are_listed_by_nbdinfo(sub):
+    out = subprocess.run(["nbdinfo", "--list", f"nbd+unix://?socket={sub.socket}"], capture_output=True, text=True)
+    assert out.returncode == 0 and 'export="a"' in out.stdout
+
+
+@pytest.fixture
+def loop_device(tmp_path):
+    img = tmp_path / "loop.img"
+    make_image(img, SIZE, seed=9)
+    proc = subprocess.run(["losetup", "--find", "--show", str(img)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"no loop device here: {proc.stderr.strip()}")
+    yield proc.stdout.strip()
+    subprocess.run(["losetup", "-d", proc.stdout.strip()], check=False)
+
+
+def test_block_device_export_takes_its_size_from_the_device_and_zeroes_by_ioctl(serve, loop_device):
+    sub = serve("blk", {"d": loop_device})
+    h = connect(sub, "d")
+    assert h.get_size() == SIZE
+    h.zero(CHUNK, 2 * CHUNK)
+    assert h.pread(CHUNK, 2 * CHUNK) == bytes(CHUNK)
+    h.shutdown()
