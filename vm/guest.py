@@ -238,7 +238,7 @@ class Guest:
 
     def _read_console(self, log) -> None:
         """Reader thread: copy the console to the log, queue markers, then None at EOF."""
-        with log:
+        with log, self._proc.stdout:
             for raw in self._proc.stdout:
                 log.write(raw)
                 log.flush()
