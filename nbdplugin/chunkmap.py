@@ -6,8 +6,10 @@ State table (a chunk only ever moves down this table within one session):
     SAVED    old content is in the side store; the device may already hold newer data
     DONE     in the backup (released): neither the device nor the side store owes it anything
 
-Forming a map costs one zeroed bytearray (calloc) and reads no data, so it is
-cheap enough to do while writes are frozen.
+Forming a map costs one bytearray and reads no data, so it is cheap enough to
+do while writes are frozen. Chunks outside the tracked ranges (when the session
+names some) start DONE: nothing is owed for them, so a mutation there costs one
+state lookup and no copy-before-write.
 
 Locks: chunk c is guarded by stripe lock c % STRIPES. A mutation holds at most
 one stripe at a time; a reader that needs several takes them in ascending
@@ -27,12 +29,21 @@ class ChunkMap:
     it may be read without it when the caller only acts on non-PENDING states, because
     states never move back to PENDING."""
 
-    def __init__(self, size: int, chunk_size: int):
+    def __init__(self, size: int, chunk_size: int, tracked=None):
+        """TRACKED: (offset, length) byte ranges whose chunks start PENDING, the rest DONE;
+        None tracks every chunk. Ranges are validated by the caller (within SIZE, length > 0)."""
         assert chunk_size > 0 and chunk_size % 512 == 0, "chunk size is validated at start-up"
         self.size = size  # set at formation, never changed
         self.chunk_size = chunk_size  # set at formation, never changed
         self.count = (size + chunk_size - 1) // chunk_size
-        self.states = bytearray(self.count)
+        if tracked is None:
+            self.states = bytearray(self.count)
+        else:
+            self.states = bytearray([DONE]) * self.count
+            for offset, length in tracked:
+                span = self.span(offset, length)
+                self.states[span.start:span.stop] = bytes(len(span))
+        self.untracked = self.states.count(DONE)  # set at formation, never changed
         self._stripes = [threading.Lock() for _ in range(min(STRIPES, max(self.count, 1)))]
 
     def lock(self, chunk: int) -> threading.Lock:
@@ -59,4 +70,5 @@ class ChunkMap:
     def counts(self) -> dict[str, int]:
         saved = self.states.count(SAVED)
         done = self.states.count(DONE)
-        return {"pending": self.count - saved - done, "saved": saved, "done": done}
+        return {"pending": self.count - saved - done, "saved": saved, "done": done - self.untracked,
+                "untracked": self.untracked}

@@ -16,12 +16,15 @@ MAX_LINE = 1 << 20
 # op -> {field: (type, required)}
 OPS = {
     "hello": {"version": (int, True)},
-    "open": {"exports": (list, False), "lease_ms": (int, False)},
+    # track: {export: [[offset, length], ...]}: only chunks touching these byte ranges
+    # are copied-before-write; an export of the session not named there is tracked whole.
+    "open": {"exports": (list, False), "lease_ms": (int, False), "track": (dict, False)},
     "freeze": {"deadline_ms": (int, False), "flush": (bool, False)},
     "thaw": {},
     "release": {"export": (str, True), "ranges": (list, True)},
     "saved": {"export": (str, True), "limit": (int, False)},
-    "heartbeat": {},
+    # copier: the controller's copy counters, kept by the session for `tzero status`.
+    "heartbeat": {"copier": (dict, False)},
     "status": {},
     "close": {},
     "abort": {"reason": (str, False)},

@@ -23,7 +23,7 @@ OPEN, FROZEN, ACTIVE, CLOSED, ABORTED = "open", "frozen", "active", "closed", "a
 
 class Session:
     def __init__(self, sid: str, exports: list, chunk_size: int, side: SideStore, lease_s: float, owner,
-                 on_end=None):
+                 on_end=None, track: dict | None = None):
         self.sid = sid  # set at open, never changed
         self.exports = exports  # [Export], set at open, never changed
         self.chunk_size = chunk_size
@@ -41,6 +41,8 @@ class Session:
         self.released_bytes = 0
         self._lock = threading.Lock()  # guards phase transitions and abort_reason
         self.on_end = on_end  # called once, with the session, after it closed or aborted
+        self.track = track or {}  # export name -> [(offset, length)]; absent: tracked whole. Set at open
+        self.copier_stats: dict = {}  # the controller's counters, as its last heartbeat gave them
 
     @property
     def alive(self) -> bool:
@@ -48,7 +50,8 @@ class Session:
 
     def form_concordance(self) -> None:
         """Build every export's chunk map; called while all its gates are frozen."""
-        self.maps = {e.index: ChunkMap(e.device.size, self.chunk_size) for e in self.exports}
+        self.maps = {e.index: ChunkMap(e.device.size, self.chunk_size, self.track.get(e.name))
+                     for e in self.exports}
         self.time_zero = time.time()
 
     def set_phase(self, phase: str) -> None:
@@ -186,4 +189,5 @@ class Session:
             "released_bytes": self.released_bytes,
             "rate_bytes_per_s": self.released_bytes / elapsed,
             "pause_ms": {k: v * 1000 for k, v in self.pause_s.items()},
+            "copier": self.copier_stats,
         }

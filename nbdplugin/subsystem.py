@@ -102,16 +102,34 @@ class Subsystem:
         lease_ms = msg.get("lease_ms", DEFAULT_LEASE_MS)
         if lease_ms <= 0:
             raise ProtocolError("bad-message", "lease_ms must be positive")
+        track = self._checked_track(msg.get("track", {}), names)
         with self._lock:
             if self.session is not None and self.session.alive:
                 raise ProtocolError("busy", f"session {self.session.sid} is {self.session.phase}")
             side = SideStore(self.side_memory, self.side_dir, self.chunk_size)
             exports = [self.exports[n] for n in names]
             self.session = Session(secrets.token_hex(4), exports, self.chunk_size, side, lease_ms / 1000, conn,
-                                   on_end=self._session_ended)
+                                   on_end=self._session_ended, track=track)
         sid = self.session.sid
         log(f"session {sid} opened on {', '.join(names)}")
         return {"session": sid, "views": {n: f"{n}@{sid}" for n in names}}
+
+    def _checked_track(self, track: dict, names: list[str]) -> dict:
+        """open's "track" field, validated: {export: [(offset, length), ...]} within each export."""
+        checked = {}
+        for name, ranges in track.items():
+            if name not in names:
+                raise ProtocolError("unknown-export", f"track names {name!r}, which is not in the session")
+            size = self.exports[name].device.size
+            if not isinstance(ranges, list):
+                raise ProtocolError("bad-message", "open: track maps an export to a list of [offset, length]")
+            for r in ranges:
+                if not (isinstance(r, list) and len(r) == 2 and all(type(x) is int for x in r)):
+                    raise ProtocolError("bad-message", "open: track ranges are [offset, length] pairs of integers")
+                if r[0] < 0 or r[1] <= 0 or r[0] + r[1] > size:
+                    raise ProtocolError("bad-message", f"open: track range {r} is not within {name} ({size} bytes)")
+            checked[name] = [tuple(r) for r in ranges]
+        return checked
 
     def _owned(self, conn) -> Session:
         s = self.session
@@ -182,6 +200,8 @@ class Subsystem:
         return {"chunks": s.saved_chunks(e, msg.get("limit", DEFAULT_SAVED_LIMIT))}
 
     def _heartbeat(self, s: Session, msg):
+        if "copier" in msg:
+            s.copier_stats = msg["copier"]
         return self._pulse(s)
 
     def _pulse(self, s: Session) -> dict:

@@ -92,3 +92,28 @@ def test_control_overlong_line_is_refused_and_subsystem_keeps_serving(subsystem,
         assert again.rq("hello", version=1)["ok"]
     finally:
         again.close()
+
+
+@pytest.mark.parametrize("track, code", [
+    ({"nope": [[0, 512]]}, "unknown-export"),
+    ({"a": [[0, 0]]}, "bad-message"),
+    ({"a": [[-512, 1024]]}, "bad-message"),
+    ({"a": [[0, (1 << 20) + 512]]}, "bad-message"),
+    ({"a": [[0, "x"]]}, "bad-message"),
+    ({"a": {"0": 1}}, "bad-message"),
+])
+def test_control_open_with_bad_track_ranges_is_refused(ctl, track, code):
+    ctl.rq("hello", version=1)
+    assert ctl.rq("open", track=track)["error"] == code
+    assert ctl.rq("status")["session"] is None, "a refused open leaves no session behind"
+
+
+def test_control_open_with_track_reports_untracked_chunks_and_copier_stats(ctl):
+    ctl.rq("hello", version=1)
+    assert ctl.rq("open", track={"a": [[65536, 65536]]})["ok"]
+    assert ctl.rq("freeze")["ok"] and ctl.rq("thaw")["ok"]
+    assert ctl.rq("heartbeat", copier={"chunks_in_order": 3})["ok"]
+    session = ctl.rq("status")["session"]
+    assert session["exports"]["a"] == {"pending": 1, "saved": 0, "done": 0, "untracked": 15}
+    assert session["copier"] == {"chunks_in_order": 3}
+    assert ctl.rq("close")["ok"]
