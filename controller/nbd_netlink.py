@@ -287,9 +287,12 @@ class KernelNbd:
 
     def __init__(self):
         # Deferred: pyroute2 is slow to import in a guest and only this class needs it.
-        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, genlmsg, nla
-        from pyroute2.netlink.exceptions import NetlinkError
-        from pyroute2.netlink.generic import GenericNetlinkSocket
+        try:
+            from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, genlmsg, nla
+            from pyroute2.netlink.exceptions import NetlinkError
+            from pyroute2.netlink.generic import GenericNetlinkSocket
+        except ImportError:
+            raise TzeroError("pyroute2 is not installed (make setup installs it)") from None
 
         self._NetlinkError = NetlinkError
         self._flags = NLM_F_REQUEST | NLM_F_ACK
