@@ -32,9 +32,9 @@ class Session:
         self.owner = owner  # the control connection that opened it
         self.phase = OPEN  # changed under _lock; read anywhere (a str assignment is atomic)
         self.abort_reason: str | None = None
-        self.maps: dict[int, ChunkMap] = {}  # export index -> map, formed while frozen
         self.time_zero = 0.0  # wall clock when the concordance was formed
         self.pause_s: dict[str, float] = {}
+        self.flush_at_thaw = True  # set by freeze: make time zero durable once the gates reopen
         self.opened_at = time.monotonic()
         self.last_seen = self.opened_at  # renewed by every message from the owner
         self.cow_chunks = 0  # counters: approximate under concurrency is fine, they are statistics
@@ -43,15 +43,22 @@ class Session:
         self.on_end = on_end  # called once, with the session, after it closed or aborted
         self.track = track or {}  # export name -> [(offset, length)]; absent: tracked whole. Set at open
         self.copier_stats: dict = {}  # the controller's counters, as its last heartbeat gave them
+        # export index -> map, set at open, never replaced. Built here, before the gates close,
+        # so that the freeze costs no allocation: its states only start to count at time zero,
+        # because nothing changes them before the session is ACTIVE.
+        self.maps: dict[int, ChunkMap] = {e.index: ChunkMap(e.device.size, chunk_size, self.track.get(e.name))
+                                          for e in exports}
 
     @property
     def alive(self) -> bool:
         return self.phase in (OPEN, FROZEN, ACTIVE)
 
     def form_concordance(self) -> None:
-        """Build every export's chunk map; called while all its gates are frozen."""
-        self.maps = {e.index: ChunkMap(e.device.size, self.chunk_size, self.track.get(e.name))
-                     for e in self.exports}
+        """Make the chunk maps the concordance; called while all the gates are frozen.
+
+        The maps were built at open and nothing has touched them since (copy-before-write,
+        view reads and release all need an ACTIVE session), so every tracked chunk is still
+        PENDING with its content in place: forming costs no time proportional to the exports."""
         self.time_zero = time.time()
 
     def set_phase(self, phase: str) -> None:

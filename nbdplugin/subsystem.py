@@ -146,19 +146,17 @@ class Subsystem:
         if s.phase != OPEN:
             raise ProtocolError("wrong-phase", f"freeze needs an open session, this one is {s.phase}")
         deadline_s = msg.get("deadline_ms", DEFAULT_DEADLINE_MS) / 1000
-        flush = msg.get("flush", True)
-        if flush:
-            for e in s.exports:  # most dirty data goes before the gate closes, so the pause stays short
-                e.device.flush()
+        # No flush while the gates are closed: the views and copy-before-write read through
+        # the same page cache the writes went to, so time zero's content does not need to be
+        # on stable storage to be backed up. A flush in the gate cost the applications 9-35 ms
+        # per freeze under 4 writers (bench/core.py); it now runs after thaw (see _thaw).
+        s.flush_at_thaw = msg.get("flush", True)
         frozen = []
         try:
             for e in s.exports:
                 e.gate.freeze(deadline_s)
                 frozen.append(e)
-            if flush:
-                for e in s.exports:
-                    e.device.flush()
-        except (FreezeTimeout, OSError) as e:
+        except FreezeTimeout as e:
             for f in frozen:
                 f.gate.thaw()
             s.abort(f"freeze failed: {e}")
@@ -174,6 +172,15 @@ class Subsystem:
         s.set_phase(ACTIVE)
         if not s.alive:  # the deadline struck between our check and the thaw
             raise ProtocolError("aborted", s.abort_reason or "aborted")
+        if s.flush_at_thaw:
+            # Every write acknowledged before time zero reached the page cache before the gates
+            # closed, so one flush now makes time zero durable without holding any writer.
+            try:
+                for e in s.exports:
+                    e.device.flush()
+            except OSError as e:
+                s.abort(f"flush after thaw failed: {e.strerror or e}")
+                raise ProtocolError("aborted", s.abort_reason) from None
         return {"pause_ms": {k: v * 1000 for k, v in s.pause_s.items()}}
 
     def _export_of(self, s: Session, name: str) -> Export:
