@@ -1,4 +1,5 @@
-"""tzero backup: take a time-zero backup of every export of the given subsystems."""
+"""tzero backup: take a time-zero backup of designated datasets (default: every export) of
+the given subsystems."""
 
 import datetime
 import json
@@ -7,9 +8,11 @@ import sys
 import time
 
 from controller import __version__
-from controller.copier import Copier, Dataset
+from controller.copier import Copier
+from controller.dataspec import parse_dataset
 from controller.errors import SessionAborted, SubsystemError, TzeroError, UsageError
 from controller.output import BackupOutput
+from controller.plan import make_plan
 from controller.progress import Progress
 from controller.session import DEFAULT_DEADLINE_MS, DEFAULT_LEASE_MS, ConsistencyGroup
 from controller.stream import Dataset as StreamDataset
@@ -33,6 +36,10 @@ def register(subparsers) -> None:
                    help="longest time writes may be held (default 2000)")
     p.add_argument("--lease", default=DEFAULT_LEASE_MS, type=int, metavar="MS",
                    help="subsystems end the session after this long without word (default 30000)")
+    p.add_argument("--dataset", dest="datasets", action="append", metavar="NAME=SPEC",
+                   help="a dataset to back up (repeat; order is stream order): EXPORT, EXPORT:START-END, "
+                        "EXPORT:START+LENGTH, EXPORT:pN, concat:E1,E2,..., stripe:CHUNK:E1,E2,... "
+                        "(default: every export whole); see docs/datasets.md")
     p.add_argument("--force", action="store_true", help="replace an existing backup file")
     p.set_defaults(func=run)
 
@@ -42,19 +49,18 @@ def run(args) -> int:
     if args.freeze_deadline <= 0 or args.lease <= 0:
         raise UsageError("--freeze-deadline and --lease must be positive")
     started = time.monotonic()
+    specs = [parse_dataset(a) for a in args.datasets or []]
     group = ConsistencyGroup(args.controls, lease_ms=args.lease, deadline_ms=args.freeze_deadline)
     output = BackupOutput(args.output, args.force)
     try:
         group.connect()
         chunk = _common_chunk_size(group)
-        datasets = [Dataset(e["name"], e["size"], m, e["name"], "") for m in group.members for e in m.exports]
+        plan = make_plan(specs, group.members)
         output.open()
-        group.open()
-        for ds in datasets:
-            ds.view = ds.member.views[ds.export]
+        group.open(plan.tracks())
         zero = group.freeze_and_thaw()
         group.start_heartbeat()
-        summary = _copy(args, group, datasets, chunk, host_memory, zero, output)
+        summary = _copy(args, group, plan, chunk, host_memory, zero, output)
         stats = group.close()
         output.commit()
     except BaseException as e:
@@ -76,14 +82,16 @@ def _common_chunk_size(group) -> int:
     return sizes.pop()
 
 
-def _copy(args, group, datasets, chunk, host_memory, zero, output) -> dict:
+def _copy(args, group, plan, chunk, host_memory, zero, output) -> dict:
     time_zero = datetime.datetime.fromtimestamp(zero["time_zero"], datetime.timezone.utc).isoformat()
+    datasets = plan.datasets
     header = Header(tool_version=__version__, time_zero=time_zero, chunk_size=chunk,
                     datasets=[StreamDataset(d.name, d.size) for d in datasets],
-                    extra={"pause_ms": zero["pause_ms"]})
+                    extra={"pause_ms": zero["pause_ms"], "datasets": [describe(d) for d in datasets]})
     writer = StreamWriter(output.file, header)
     progress = Progress(sum(d.size for d in datasets), enabled=not args.no_progress)
-    copier = Copier(group, datasets, writer, chunk, host_memory, args.spill_dir, progress)
+    copier = Copier(group, plan, writer, chunk, host_memory, args.spill_dir, progress)
+    group.stats_source = lambda: dict(copier.stats)
     copied = copier.run()
     group.check()  # a session that died during the last reads must not yield a backup
     written = writer.finish()
@@ -99,6 +107,16 @@ def _copy(args, group, datasets, chunk, host_memory, zero, output) -> dict:
         "records": written["records"],
         **copied,
     }
+
+
+def describe(ds) -> dict:
+    """What the header's extra says of a dataset: its spec and where its bytes came from."""
+    layout = ds.layout
+    if hasattr(layout, "legs"):
+        where = {"layout": "stripe", "chunk": layout.chunk, "legs": layout.legs, "leg_size": layout.leg_size}
+    else:
+        where = {"layout": "linear", "extents": [list(x) for x in layout.extents]}
+    return {"name": ds.name, "spec": ds.spec, **where}
 
 
 def _report(args, summary: dict) -> None:

@@ -1,209 +1,220 @@
-"""The copier: reads every dataset's time-zero view and writes the ordered stream.
+"""The copier: walks the stream in its specified order and writes every piece when its turn comes.
 
-Order: datasets in the order given, each from offset 0 up. Within a dataset
-several reads are in flight (libnbd AIO) and complete in any order; the head
-of the queue is always written first. When a subsystem reports side-store
-pressure, its saved chunks are fetched ahead of order (opportunistic copy),
-released at once so the side store shrinks, and parked in the reorder buffer
-until their place in the stream comes.
+Order: datasets in the order given, each in ascending logical order (layout.py
+makes the pieces in that order). The scheduler keeps reads going on every
+export's view at once (several in flight each, all subsystems in parallel);
+the copier takes pieces from the front of the stream only: from the read that
+holds them, or from the reorder buffer if side-store pressure had them fetched
+early.
 
-Memory: in-flight read buffers (depth x request size) plus the reorder
-buffer's memory share never exceed host_memory.
+Opportunistic copy: when a subsystem reports side-store pressure, its saved
+chunks are fetched at once, released, and their pieces parked in the reorder
+buffer (memory, then its spill file) until their turn.
 
-Release: a chunk is released once the stream writer has taken it (or it sits
-in the reorder buffer); releases are batched to keep control round trips few.
+Release: a concordance chunk is released once the ledger says every byte the
+backup needs from it is in controller memory (a completed read, the reorder
+buffer) or already in the stream: from then on the side store need not keep it.
+Releases are batched to keep control round trips few.
+
+Memory: reads held (scheduler budget, half of host_memory) plus the reorder
+buffer's memory (the other half) never exceed host_memory; the record being
+assembled (at most RECORD_BYTES) and the stream index (32 bytes per record)
+come on top, as fixed overhead.
 """
-
-from collections import deque
-from dataclasses import dataclass
 
 import nbd
 
 from controller.errors import SessionAborted, UsageError
+from controller.layout import pieces, pieces_at
+from controller.ledger import Ledger
+from controller.plan import recheck_partitions
+from controller.reader import ViewReader, connect, wait
 from controller.reorder import ReorderBuffer
+from controller.scheduler import Scheduler, key
 from nbdplugin.protocol import ranges_of
 
 REQUEST_BYTES = 1 << 20
-MAX_DEPTH = 16
+RECORD_BYTES = 1 << 20
 RELEASE_BATCH_BYTES = 16 << 20
 OPPORTUNISTIC_LIMIT_BYTES = 32 << 20
-
-
-@dataclass
-class Dataset:
-    name: str
-    size: int
-    member: object  # controller.session.Member
-    export: str
-    view: str
-
-
-@dataclass
-class Read:
-    first: int  # chunk number
-    count: int
-    data: bytearray | None  # None: the chunks are in the reorder buffer
-    buf: object = None  # nbd.Buffer sharing `data`
-    cookie: int = 0
+_ZEROS = memoryview(bytes(16 << 20))  # the largest concordance chunk
 
 
 class Copier:
-    def __init__(self, group, datasets: list[Dataset], writer, chunk_size: int, host_memory: int,
+    def __init__(self, group, plan, writer, chunk_size: int, host_memory: int,
                  spill_dir: str | None = None, progress=None):
         self.group = group
-        self.datasets = datasets
+        self.plan = plan
         self.writer = writer
         self.chunk = chunk_size
-        self.request_chunks = max(1, REQUEST_BYTES // chunk_size)
-        request_bytes = self.request_chunks * chunk_size
-        if host_memory < 4 * request_bytes:
-            raise UsageError(f"--host-memory must be at least {4 * request_bytes >> 20} MiB with {chunk_size >> 10} KiB chunks")
-        self.depth = max(2, min(MAX_DEPTH, host_memory // 2 // request_bytes))
-        self.buffer = ReorderBuffer(host_memory - self.depth * request_bytes, spill_dir)
+        self.request_bytes = max(REQUEST_BYTES, chunk_size)
+        if host_memory < 4 * self.request_bytes:
+            raise UsageError(f"--host-memory must be at least {4 * self.request_bytes >> 20} MiB "
+                             f"with {chunk_size >> 10} KiB chunks")
+        self.read_budget = host_memory // 2
+        self.buffer = ReorderBuffer(host_memory - self.read_budget, spill_dir)
+        self.ledger = Ledger(chunk_size, plan.claims())
         self.progress = progress or (lambda done: None)
-        self.release_batch = max(1, RELEASE_BATCH_BYTES // chunk_size)
-        self.handles: list[nbd.NBD] = []
-        self.stats = {"chunks_in_order": 0, "chunks_ahead": 0, "chunks_zero": 0, "bytes_read": 0}
+        self.readers: dict[str, ViewReader] = {}
+        self.scheduler: Scheduler | None = None
+        self.stats = {"chunks_in_order": 0, "chunks_ahead": 0, "chunks_opportunistic": 0,
+                      "chunks_zero": 0, "bytes_read": 0, "spilled_bytes": 0, "peak_host_buffer_bytes": 0}
+        self._head = None  # the piece the stream waits for
+        self._record: list = []  # views of the record being assembled, logically contiguous
+        self._record_at = (0, 0, 0)  # its (dataset, logical start, length)
+        self._unreleased: dict[str, list[int]] = {}
+        self._unreleased_count = 0
         self._done_bytes = 0
-        self._positions = [0] * len(datasets)  # per dataset: chunks below this are issued or written
 
     def run(self) -> dict:
+        """Copy everything; returns the counters. SessionAborted if a view read fails."""
         try:
-            self.handles = [self._connect(ds) for ds in self.datasets]
-            for i in range(len(self.datasets)):
-                self._copy_dataset(i)
+            for export, m in self.plan.owner.items():
+                if export in self.ledger.exports:
+                    self.readers[export] = self._open_view(export, m)
+            self.scheduler = Scheduler(list(self.readers.values()), self.read_budget, self.request_bytes)
+            recheck_partitions(self.plan.checks, self.readers)
+            for c in self.plan.checks:
+                for off, n in c.table:
+                    self._settled(c.export, self.ledger.settle(c.export, off, n))
+            self._copy()
+            self._flush_record()
+            self._release_all()
         except nbd.Error as e:
             reason = self.group.explain()  # a subsystem-side abort explains a failed read best
             raise SessionAborted(f"backup abandoned: {reason or f'reading a time-zero view failed: {e}'}") from None
         finally:
-            for h in self.handles:
-                try:
-                    h.shutdown()
-                except nbd.Error:
-                    pass  # the view may already be gone with its session
+            for r in self.readers.values():
+                r.close()
             self.buffer.close()
-        self.stats.update(
-            spilled_bytes=self.buffer.spilled_bytes,
-            peak_host_buffer_bytes=self.buffer.peak_memory_bytes + self.depth * self.request_chunks * self.chunk,
-        )
+        self.stats["spilled_bytes"] = self.buffer.spilled_bytes
         return self.stats
 
-    def _connect(self, ds: Dataset) -> nbd.NBD:
-        h = nbd.NBD()
-        h.set_export_name(ds.view)
-        where = ds.member.nbd
-        if "socket" in where:
-            h.connect_unix(where["socket"])
-        else:
-            h.connect_tcp("127.0.0.1", str(where["port"]))
-        if h.get_size() != ds.size:
-            raise SessionAborted(f"view {ds.view} is {h.get_size()} bytes, expected {ds.size}")
-        return h
+    def _open_view(self, export: str, member) -> ViewReader:
+        h = connect(member.nbd, member.views[export])
+        size = next(e["size"] for e in member.exports if e["name"] == export)
+        if h.get_size() != size:
+            raise SessionAborted(f"view {member.views[export]} is {h.get_size()} bytes, expected {size}")
+        return ViewReader(export, h, pieces(self.plan.datasets, self.chunk, export))
 
-    def _chunks(self, ds: Dataset) -> int:
-        return (ds.size + self.chunk - 1) // self.chunk
+    def _taken(self, p) -> bool:
+        """True for a piece that needs no read: already written (before the head), or fetched early."""
+        if self._head is None:
+            return True
+        k = key(p)
+        return k < key(self._head) or k in self.buffer
 
-    def _copy_dataset(self, i: int) -> None:
-        ds, h = self.datasets[i], self.handles[i]
-        n = self._chunks(ds)
-        queue: deque[Read] = deque()
-        unreleased: list[int] = []
-        while self._positions[i] < n or queue:
+    # --- the stream, in order -------------------------------------------------
+
+    def _copy(self) -> None:
+        for head in pieces(self.plan.datasets, self.chunk):
+            self._head = head
             self.group.check()
-            self._relieve_pressure(i)
-            while self._positions[i] < n and len(queue) < self.depth:
-                queue.append(self._issue(i, h, n))
-            head = queue.popleft()
-            if head.data is None:
-                self._emit_buffered(i, head)
+            if any(m.pressure for m in self.plan.owner.values()):
+                self._relieve_pressure()
+            if key(head) in self.buffer:
+                data = self.buffer.take(key(head))
+                self._emit(head, None if data is None else memoryview(data))
                 continue
-            while not h.aio_command_completed(head.cookie):
-                h.poll(-1)
-            self._emit_read(i, head)
-            unreleased.extend(range(head.first, head.first + head.count))
-            if len(unreleased) >= self.release_batch:
-                self.group.release(ds.member, ds.export, ranges_of(unreleased))
-                unreleased.clear()
-        if unreleased:
-            self.group.release(ds.member, ds.export, ranges_of(unreleased))
+            self._emit_from_read(head, self.readers[head.export])
+        self._head = None
 
-    def _issue(self, i: int, h: nbd.NBD, n: int) -> Read:
-        """The next entry of dataset I's queue: a run of chunks to read, or one already buffered."""
-        first = self._positions[i]
-        if (i, first) in self.buffer:
-            self._positions[i] += 1
-            return Read(first, 1, None)
-        count = 1
-        while count < self.request_chunks and first + count < n and (i, first + count) not in self.buffer:
-            count += 1
-        self._positions[i] += count
-        return self._read(i, h, first, count)
+    def _emit_from_read(self, head, reader: ViewReader) -> None:
+        self.scheduler.fill(head, self._taken)
+        self._note_peak()
+        read = reader.queue[0]
+        assert key(read.pieces[0]) == key(head), "an export's reads hold its pieces in stream order"
+        while not read.done:
+            for r, completed in wait(list(self.readers.values())):
+                for p in completed.pieces:
+                    self._settled(r.export, self.ledger.settle(r.export, p.physical, p.length))
+            self.scheduler.fill(head, self._taken)
+            self._note_peak()
+        piece = read.pieces.popleft()
+        lo = piece.physical - read.physical
+        zero = read.buf.is_zero(lo, piece.length)
+        self._emit(piece, None if zero else memoryview(read.data)[lo:lo + piece.length])
+        self.stats["chunks_ahead" if read.ahead else "chunks_in_order"] += 1
+        if not read.pieces:
+            reader.queue.popleft()
+            self.scheduler.taken(read.length)
+            self.stats["bytes_read"] += read.length
 
-    def _read(self, i: int, h: nbd.NBD, first: int, count: int) -> Read:
-        start = first * self.chunk
-        length = min(count * self.chunk, self.datasets[i].size - start)
-        data = bytearray(length)
-        buf = nbd.Buffer.from_buffer(data)
-        return Read(first, count, data, buf, h.aio_pread(buf, start))
-
-    def _emit_read(self, i: int, r: Read) -> None:
-        """Write R's non-zero chunks as records, adjacent ones coalesced."""
-        self.stats["chunks_in_order"] += r.count
-        self.stats["bytes_read"] += len(r.data)
-        view = memoryview(r.data)
-        base = r.first * self.chunk
-        run_start = None
-        for k in range(r.count + 1):
-            lo = k * self.chunk
-            nonzero = k < r.count and not r.buf.is_zero(lo, min(self.chunk, len(view) - lo))
-            if nonzero and run_start is None:
-                run_start = lo
-            elif not nonzero and run_start is not None:
-                self.writer.write(i, base + run_start, view[run_start:lo])
-                run_start = None
-            if k < r.count and not nonzero:
-                self.stats["chunks_zero"] += 1
-        self._advance(len(view))
-
-    def _emit_buffered(self, i: int, r: Read) -> None:
-        data = self.buffer.take((i, r.first))
-        if data is not None:
-            self.writer.write(i, r.first * self.chunk, data)
-        else:
+    def _emit(self, piece, view) -> None:
+        """Add PIECE's data (VIEW, or None when all zero) to the stream, coalescing records."""
+        ds, start, length = self._record_at
+        if view is None:
+            self._flush_record()
             self.stats["chunks_zero"] += 1
-        self._advance(min(self.chunk, self.datasets[i].size - r.first * self.chunk))
-
-    def _advance(self, nbytes: int) -> None:
-        self._done_bytes += nbytes
+        else:
+            if self._record and (ds != piece.dataset or start + length != piece.logical
+                                 or length + piece.length > RECORD_BYTES):
+                self._flush_record()
+            if not self._record:
+                self._record_at = (piece.dataset, piece.logical, 0)
+            self._record.append(view)
+            ds, start, length = self._record_at
+            self._record_at = (ds, start, length + piece.length)
+        self._done_bytes += piece.length
         self.progress(self._done_bytes)
 
-    def _relieve_pressure(self, current: int) -> None:
-        """Fetch saved chunks of every subsystem under pressure, ahead of order, and release them."""
-        limit = max(1, OPPORTUNISTIC_LIMIT_BYTES // self.chunk)
-        for j in range(current, len(self.datasets)):
-            ds = self.datasets[j]
-            if not ds.member.pressure:
-                continue
-            wanted = [c for c in self.group.saved(ds.member, ds.export, limit)
-                      if c >= self._positions[j] and (j, c) not in self.buffer]
-            if wanted:
-                self._fetch_ahead(j, wanted)
-                self.group.release(ds.member, ds.export, ranges_of(wanted))
-        for ds in self.datasets[current:]:
-            ds.member.pressure = False  # until the next heartbeat or release reply says otherwise
+    def _flush_record(self) -> None:
+        if self._record:
+            ds, start, _ = self._record_at
+            data = self._record[0] if len(self._record) == 1 else b"".join(self._record)
+            self.writer.write(ds, start, data)
+            self._record = []
 
-    def _fetch_ahead(self, j: int, chunks: list[int]) -> None:
-        h = self.handles[j]
-        runs = [(first + k, min(self.request_chunks, count - k))
-                for first, count in ranges_of(chunks) for k in range(0, count, self.request_chunks)]
-        reads = [self._read(j, h, first, count) for first, count in runs]
-        for r in reads:
-            while not h.aio_command_completed(r.cookie):
-                h.poll(-1)
-            for k in range(r.count):
-                lo = k * self.chunk
-                size = min(self.chunk, len(r.data) - lo)
-                zero = r.buf.is_zero(lo, size)
-                self.buffer.put((j, r.first + k), None if zero else memoryview(r.data)[lo:lo + size])
-            self.stats["chunks_ahead"] += r.count
-            self.stats["bytes_read"] += len(r.data)
+    # --- pressure: fetch saved chunks early ------------------------------------
+
+    def _relieve_pressure(self) -> None:
+        """Fetch the saved chunks of every subsystem under pressure, ahead of order, and release them."""
+        limit = max(1, OPPORTUNISTIC_LIMIT_BYTES // self.chunk)
+        for member in {id(m): m for m in self.plan.owner.values()}.values():
+            if not member.pressure:
+                continue
+            member.pressure = False  # until the next heartbeat or release reply says otherwise
+            for export, reader in self.readers.items():
+                if self.plan.owner[export] is member:
+                    self._fetch_saved(reader, self.group.saved(member, export, limit))
+
+    def _fetch_saved(self, reader: ViewReader, chunks: list[int]) -> None:
+        reader.skip(self._taken)
+        first = reader.next_piece
+        if first is None:
+            return
+        for c in chunks:
+            wanted = [p for p in pieces_at(self.plan.datasets, reader.export, c * self.chunk, self.chunk)
+                      if key(p) >= key(first) and key(p) not in self.buffer]
+            if not wanted:
+                continue
+            lo = min(p.physical for p in wanted)
+            data = reader.pread(max(p.physical + p.length for p in wanted) - lo, lo)
+            self.stats["bytes_read"] += len(data)
+            for p in wanted:
+                part = memoryview(data)[p.physical - lo:p.physical - lo + p.length]
+                self.buffer.put(key(p), None if part == _ZEROS[:p.length] else part)
+                self.stats["chunks_opportunistic"] += 1
+                self._settled(reader.export, self.ledger.settle(reader.export, p.physical, p.length))
+            self._note_peak()
+        self._release_all()
+
+    # --- release ----------------------------------------------------------------
+
+    def _settled(self, export: str, chunks: list[int]) -> None:
+        if chunks:
+            self._unreleased.setdefault(export, []).extend(chunks)
+            self._unreleased_count += len(chunks)
+            if self._unreleased_count * self.chunk >= RELEASE_BATCH_BYTES:
+                self._release_all()
+
+    def _release_all(self) -> None:
+        for export, chunks in self._unreleased.items():
+            if chunks:
+                self.group.release(self.plan.owner[export], export, ranges_of(sorted(chunks)))
+        self._unreleased.clear()
+        self._unreleased_count = 0
+
+    def _note_peak(self) -> None:
+        held = self.scheduler.held + self.buffer.memory_bytes
+        self.stats["peak_host_buffer_bytes"] = max(self.stats["peak_host_buffer_bytes"], held)

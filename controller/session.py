@@ -48,6 +48,7 @@ class ConsistencyGroup:
         self.deadline_ms = deadline_ms
         self.members: list[Member] = []
         self.failure: str | None = None  # first failure seen by the heartbeat thread; sticky
+        self.stats_source = dict  # returns the copier's counters, sent with every heartbeat
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
@@ -64,9 +65,21 @@ class ConsistencyGroup:
             if not info.get("nbd"):
                 raise SubsystemError(f"{path}: the subsystem does not say where it serves NBD")
 
-    def open(self) -> None:
+    def open(self, tracks: dict | None = None) -> None:
+        """Open a session on every member, on all its exports. With TRACKS (control path ->
+        {export: [[offset, length], ...]}): only on the members named there, for the exports
+        named there, tracking only those ranges; the other members are let go untouched."""
+        if tracks is not None:
+            for m in self.members:
+                if m.where not in tracks:
+                    m.client.close()
+            self.members = [m for m in self.members if m.where in tracks]
         for m in self.members:
-            reply = m.client.request("open", exports=[e["name"] for e in m.exports], lease_ms=self.lease_ms)
+            if tracks is None:
+                reply = m.client.request("open", exports=[e["name"] for e in m.exports], lease_ms=self.lease_ms)
+            else:
+                reply = m.client.request("open", exports=list(tracks[m.where]), lease_ms=self.lease_ms,
+                                         track=tracks[m.where])
             m.session, m.views = reply["session"], reply["views"]
 
     def freeze_and_thaw(self) -> dict:
@@ -115,7 +128,7 @@ class ConsistencyGroup:
         while not self._stop.wait(interval):
             for m in self.members:
                 try:
-                    self.note_pulse(m, m.client.request("heartbeat"))
+                    self.note_pulse(m, m.client.request("heartbeat", copier=self.stats_source()))
                 except SubsystemError as e:
                     self.failure = self.failure or str(e)
                     return

@@ -40,8 +40,10 @@ class Load:
         return sum(len(w.log) for w in self.writers)
 
     def backup_command(self, output: str, *extra) -> list[str]:
+        # A small host memory bounds how far reads run ahead of the paced stream, so
+        # writers still find uncopied chunks mid-copy.
         return [*TZERO, "backup", "-s", self.s1.control, "-s", self.s2.control, "-o", output,
-                "--json", "--no-progress", *extra]
+                "--json", "--no-progress", "--host-memory", "8M", *extra]
 
     def stop(self) -> None:
         for w in self.writers:
@@ -111,7 +113,7 @@ def test_backup_with_tiny_side_memory_spills_and_copies_ahead_and_stays_exact(tm
         load.stop()
     assert summary["chunks_cow"] > 0
     assert summary["side_peak_bytes"] > 128 << 10, "the side store must have spilled past its memory"
-    assert summary["chunks_ahead"] > 0, "pressure must have made the copier fetch saved chunks ahead of order"
+    assert summary["chunks_opportunistic"] > 0, "pressure must have made the copier fetch saved chunks ahead of order"
     tzero("restore", out, "--to", tmp_path / "restored")
     load.check(tmp_path / "restored", summary)
 
