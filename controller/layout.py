@@ -138,10 +138,11 @@ def pieces_at(datasets: list[Dataset], export: str, offset: int, length: int) ->
 
 def overlaps(datasets: list[Dataset]) -> str | None:
     """Why two datasets share a physical byte, or None."""
-    spans = sorted((e, off, off + n, ds.name) for ds in datasets for e, off, n in ds.layout.extents)
-    for (e1, _, end1, name1), (e2, start2, _, name2) in zip(spans, spans[1:]):
+    spans = sorted((e, off, off + n, i) for i, ds in enumerate(datasets) for e, off, n in ds.layout.extents)
+    for (e1, _, end1, i1), (e2, start2, _, i2) in zip(spans, spans[1:]):
         if e1 == e2 and start2 < end1:
-            if name1 == name2:
-                return f"dataset {name1!r} uses bytes of export {e1!r} twice"
-            return f"datasets {name1!r} and {name2!r} overlap on export {e1!r} at byte {start2}"
+            first, second = datasets[min(i1, i2)].name, datasets[max(i1, i2)].name
+            if first == second:
+                return f"dataset {first!r} uses bytes of export {e1!r} twice"
+            return f"datasets {first!r} and {second!r} overlap on export {e1!r} at byte {start2}"
     return None
