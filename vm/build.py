@@ -11,7 +11,7 @@ The kit lands in DIR (default: <repo>/.cache/vm, or $TZERO_VM_KIT):
 
 Running it again is quick: when kit.json's fingerprint matches this script, vm/init and the
 module list, nothing is downloaded or rebuilt. --force rebuilds and re-asks apt which kernel
-is current. Missing tools (busybox-static, kmod, qemu-system-x86) are installed with apt-get,
+is current. Missing packages (busybox-static, kmod, qemu-system-x86) are installed with apt-get,
 so a fresh Debian 12 machine needs nothing done by hand. The initramfs is byte-for-byte
 reproducible for a given kernel package: fixed owners and timestamps, sorted entries.
 
@@ -41,12 +41,9 @@ MODULES = [
     "crc32c_generic", "ext4", "nbd", "dm-mod", "loop",
 ]
 
-# Debian package -> a file it installs that the build or the guests use.
-APT_TOOLS = {
-    "busybox-static": "/bin/busybox",
-    "kmod": "/usr/sbin/depmod",
-    "qemu-system-x86": "/usr/bin/qemu-system-x86_64",
-}
+# Debian packages the build or the guests need. busybox-static, not busybox: the
+# initramfs has no C library, so /bin/busybox must be the static one.
+APT_PACKAGES = ["busybox-static", "kmod", "qemu-system-x86"]
 BUSYBOX = "/bin/busybox"
 
 
@@ -78,8 +75,14 @@ def fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
+def installed(package: str) -> bool:
+    done = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package],
+                          capture_output=True, text=True)
+    return done.returncode == 0 and done.stdout.endswith(" installed")
+
+
 def ensure_tools() -> None:
-    missing = [pkg for pkg, path in APT_TOOLS.items() if not os.path.exists(path)]
+    missing = [pkg for pkg in APT_PACKAGES if not installed(pkg)]
     if not missing:
         return
     log(f"installing {' '.join(missing)}")
