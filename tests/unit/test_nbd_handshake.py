@@ -317,3 +317,41 @@ def test_attach_without_nbd_module_is_one_line_exit_1(capsys, tmp_path):
 def test_detach_without_nbd_module_is_one_line_exit_1(capsys):
     code, err = run_cli(capsys, "detach", "/dev/nbd0")
     assert code == 1 and err.count("\n") == 1 and "modprobe nbd" in err
+
+
+# --- the netlink message layout, encoded without a kernel -------------------------------
+
+def parse_attrs(data):
+    """[(type, payload)] of a run of netlink attributes (4-byte aligned)."""
+    attrs, offset = [], 0
+    while offset < len(data):
+        length, kind = struct.unpack_from("=HH", data, offset)
+        attrs.append((kind, data[offset + 4:offset + length]))
+        offset += (length + 3) & ~3
+    return attrs
+
+
+def test_connect_message_matches_the_kernel_uapi_layout():
+    from pyroute2.netlink import genlmsg, nla
+
+    msg = nn._message_class(genlmsg, nla)()
+    msg["cmd"] = nn.CMD_CONNECT
+    msg["version"] = nn.GENL_VERSION
+    msg["attrs"] = [
+        ("NBD_ATTR_INDEX", 3),
+        ("NBD_ATTR_SIZE_BYTES", 10 * MiB),
+        ("NBD_ATTR_SERVER_FLAGS", 0b11),
+        ("NBD_ATTR_SOCKETS", {"attrs": [("NBD_SOCK_ITEM", {"attrs": [("NBD_SOCK_FD", 7)]})]}),
+    ]
+    msg.encode()
+    data = bytes(msg.data)
+    assert data[16:18] == bytes([nn.CMD_CONNECT, nn.GENL_VERSION])  # after the nlmsghdr
+    nested = 1 << 15
+    attrs = parse_attrs(data[20:])
+    assert attrs[:3] == [(1, struct.pack("=I", 3)), (2, struct.pack("=Q", 10 * MiB)),
+                         (5, struct.pack("=Q", 0b11))]
+    kind, sockets = attrs[3]
+    assert kind == 7 | nested
+    ((item_kind, item),) = parse_attrs(sockets)
+    assert item_kind == 1 | nested
+    assert parse_attrs(item) == [(1, struct.pack("=I", 7))]
