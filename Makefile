@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml
 check: setup
 	$(PY) -m pytest -q -m 'not vm and not demo' $(PYTEST_ARGS)
 
-test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+# Everything, VM guests included: the kit is built first, and a missing kit is then a failure.
+test: setup vm
+	TZERO_REQUIRE_VM=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m controller.demo

@@ -19,18 +19,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"tzero: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every subcommand, or with ONLY that one: each command imports what it
+    needs (libnbd, pyroute2, ...), which costs seconds in a VM guest, so a call pays for its own."""
     parser = _Parser(prog="tzero", description="Time-zero backups of live NBD exports.")
     parser.add_argument("--version", action="version", version=f"tzero {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name in COMMANDS:
-        importlib.import_module(f"controller.cmd_{name}").register(sub)
+    for name in [only] if only else COMMANDS:
+        importlib.import_module(f"controller.cmd_{name.replace('-', '_')}").register(sub)
     return parser
 
 
+def _command_in(argv: list[str]) -> str | None:
+    words = [a for a in argv if not a.startswith("-")]
+    return words[0] if words and words[0] in COMMANDS else None
+
+
 def main(argv=None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     try:
         return args.func(args)
