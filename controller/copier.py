@@ -16,10 +16,10 @@ backup needs from it is in controller memory (a completed read, the reorder
 buffer) or already in the stream: from then on the side store need not keep it.
 Releases are batched to keep control round trips few.
 
-Memory: reads held (scheduler budget, half of host_memory) plus the reorder
+Memory: the read buffers (a pool of half of host_memory) plus the reorder
 buffer's memory (the other half) never exceed host_memory; the record being
-assembled (at most RECORD_BYTES) and the stream index (32 bytes per record)
-come on top, as fixed overhead.
+gathered (at most RECORD_BYTES), the ledger (4 bytes per chunk) and the stream
+index (32 bytes per record) come on top, as fixed overhead.
 """
 
 import nbd
@@ -28,7 +28,8 @@ from controller.errors import SessionAborted, UsageError
 from controller.layout import pieces, pieces_at
 from controller.ledger import Ledger
 from controller.plan import recheck_partitions
-from controller.reader import ViewReader, connect, wait
+from controller.reader import BufferPool, ViewReader, connect, wait
+from controller.records import RecordAssembler
 from controller.reorder import ReorderBuffer
 from controller.scheduler import Scheduler, key
 from nbdplugin.protocol import ranges_of
@@ -51,8 +52,10 @@ class Copier:
         if host_memory < 4 * self.request_bytes:
             raise UsageError(f"--host-memory must be at least {4 * self.request_bytes >> 20} MiB "
                              f"with {chunk_size >> 10} KiB chunks")
-        self.read_budget = host_memory // 2
-        self.buffer = ReorderBuffer(host_memory - self.read_budget, spill_dir)
+        read_budget = host_memory // 2
+        self.pool = BufferPool(self.request_bytes, read_budget // self.request_bytes)
+        self.buffer = ReorderBuffer(host_memory - read_budget, spill_dir)
+        self.records = RecordAssembler(writer, RECORD_BYTES)
         self.ledger = Ledger(chunk_size, plan.claims())
         self.progress = progress or (lambda done: None)
         self.readers: dict[str, ViewReader] = {}
@@ -60,8 +63,6 @@ class Copier:
         self.stats = {"chunks_in_order": 0, "chunks_ahead": 0, "chunks_opportunistic": 0,
                       "chunks_zero": 0, "bytes_read": 0, "spilled_bytes": 0, "peak_host_buffer_bytes": 0}
         self._head = None  # the piece the stream waits for
-        self._record: list = []  # views of the record being assembled, logically contiguous
-        self._record_at = (0, 0, 0)  # its (dataset, logical start, length)
         self._unreleased: dict[str, list[int]] = {}
         self._unreleased_count = 0
         self._done_bytes = 0
@@ -72,13 +73,13 @@ class Copier:
             for export, m in self.plan.owner.items():
                 if export in self.ledger.exports:
                     self.readers[export] = self._open_view(export, m)
-            self.scheduler = Scheduler(list(self.readers.values()), self.read_budget, self.request_bytes)
+            self.scheduler = Scheduler(list(self.readers.values()), self.pool)
             recheck_partitions(self.plan.checks, self.readers)
             for c in self.plan.checks:
                 for off, n in c.table:
                     self._settled(c.export, self.ledger.settle(c.export, off, n))
             self._copy()
-            self._flush_record()
+            self.records.flush()
             self._release_all()
         except nbd.Error as e:
             reason = self.group.explain()  # a subsystem-side abort explains a failed read best
@@ -114,7 +115,7 @@ class Copier:
                 self._relieve_pressure()
             if key(head) in self.buffer:
                 data = self.buffer.take(key(head))
-                self._emit(head, None if data is None else memoryview(data))
+                self._emit(head, data)
                 continue
             self._emit_from_read(head, self.readers[head.export])
         self._head = None
@@ -133,37 +134,23 @@ class Copier:
         piece = read.pieces.popleft()
         lo = piece.physical - read.physical
         zero = read.buf.is_zero(lo, piece.length)
-        self._emit(piece, None if zero else memoryview(read.data)[lo:lo + piece.length])
+        self._emit(piece, None if zero else memoryview(read.data)[lo:lo + piece.length], read, lo)
         self.stats["chunks_ahead" if read.ahead else "chunks_in_order"] += 1
         if not read.pieces:
             reader.queue.popleft()
-            self.scheduler.taken(read.length)
+            self.records.release(read)
+            self.scheduler.taken(read)
             self.stats["bytes_read"] += read.length
 
-    def _emit(self, piece, view) -> None:
-        """Add PIECE's data (VIEW, or None when all zero) to the stream, coalescing records."""
-        ds, start, length = self._record_at
-        if view is None:
-            self._flush_record()
+    def _emit(self, piece, data, source=None, at=0) -> None:
+        """Add PIECE's DATA (None when all zero) to the stream; SOURCE/AT: see RecordAssembler.add."""
+        if data is None:
+            self.records.flush()
             self.stats["chunks_zero"] += 1
         else:
-            if self._record and (ds != piece.dataset or start + length != piece.logical
-                                 or length + piece.length > RECORD_BYTES):
-                self._flush_record()
-            if not self._record:
-                self._record_at = (piece.dataset, piece.logical, 0)
-            self._record.append(view)
-            ds, start, length = self._record_at
-            self._record_at = (ds, start, length + piece.length)
+            self.records.add(piece.dataset, piece.logical, data, source, at)
         self._done_bytes += piece.length
         self.progress(self._done_bytes)
-
-    def _flush_record(self) -> None:
-        if self._record:
-            ds, start, _ = self._record_at
-            data = self._record[0] if len(self._record) == 1 else b"".join(self._record)
-            self.writer.write(ds, start, data)
-            self._record = []
 
     # --- pressure: fetch saved chunks early ------------------------------------
 

@@ -7,8 +7,8 @@ worker). `wait` polls the sockets of every handle with commands in flight and
 lets libnbd progress on whichever is ready: the copier's thread is never stuck
 on one subsystem while another has data for it.
 
-A Read owns its buffer from issue until the copier has taken all of its pieces;
-`pieces` are consumed from the front, in the export's stream order.
+A Read owns a slot of the BufferPool from issue until the copier has taken all
+of its pieces; `pieces` are consumed from the front, in the export's stream order.
 """
 
 import select
@@ -18,6 +18,36 @@ from dataclasses import dataclass, field
 import nbd
 
 from controller.layout import Piece
+
+
+class BufferPool:
+    """COUNT buffers of SIZE bytes, made once and reused by every read.
+
+    Why a pool: libnbd 1.14's Python aio_pread keeps a reference to every buffer
+    it is given and never drops it, so a fresh buffer per read would leak all of
+    them. Reused buffers leak nothing, and the pool bounds read memory by itself.
+    """
+
+    def __init__(self, size: int, count: int):
+        assert count >= 2, "one slot for the stream head, at least one to read ahead"
+        self.size = size
+        self._free = [bytearray(size) for _ in range(count)]
+        self._whole = {id(b): nbd.Buffer.from_buffer(b) for b in self._free}
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    def take(self, length: int) -> tuple[bytearray, object]:
+        """A buffer and the nbd.Buffer for its first LENGTH bytes."""
+        data = self._free.pop()
+        if length == self.size:
+            return data, self._whole[id(data)]
+        # A view per short read: what aio_pread keeps of it is a small object, not the buffer.
+        return data, nbd.Buffer.from_buffer(memoryview(data)[:length])
+
+    def give(self, data: bytearray) -> None:
+        self._free.append(data)
 
 
 @dataclass
@@ -87,11 +117,12 @@ class ViewReader:
             total += p.length
         return chosen
 
-    def issue(self, chosen: list[Piece], ahead: bool) -> Read:
-        """Start the read of CHOSEN (as plan() returned it) and advance past it."""
+    def issue(self, chosen: list[Piece], ahead: bool, pool: BufferPool) -> Read:
+        """Start the read of CHOSEN (as plan() returned it, at most pool.size bytes) into a
+        buffer of POOL, and advance past it."""
         length = sum(p.length for p in chosen)
-        data = bytearray(length)
-        r = Read(chosen[0].physical, length, deque(chosen), ahead, data, nbd.Buffer.from_buffer(data))
+        data, buf = pool.take(length)
+        r = Read(chosen[0].physical, length, deque(chosen), ahead, data, buf)
         r.cookie = self.handle.aio_pread(r.buf, r.physical)
         for _ in chosen:
             self._look.popleft()

@@ -2,10 +2,13 @@
 
 Dependent writers: each waits for its write to complete before issuing the next.
 
-Writer w owns the 4 KiB blocks whose index % WRITERS == w on every export, so
+Writer w owns the 4 KiB blocks whose index % WRITERS == w on every target, so
 writers never overwrite each other, and every block it writes is stamped with
 (writer, sequence) and filled from that stamp. A time-zero backup must contain,
 for each writer, exactly a prefix of its writes: `prefix_lengths` finds which.
+
+A target is an export, or a StripedVolume: then offsets are the volume's logical
+addresses, and the writer puts each block where dm-striped would.
 """
 
 import hashlib
@@ -44,9 +47,26 @@ def stamped_block(writer: int, seq: int) -> bytes:
     return head + fill
 
 
+class StripedVolume:
+    """A volume striped by CHUNK over LEGS [(socket, export)] of LEG_SIZE bytes each: logical
+    chunk c is on leg c % n at (c // n) * CHUNK. Written apart from controller/layout.py on
+    purpose, so the tests check the backup's layout against an independent one."""
+
+    def __init__(self, chunk: int, legs: list, leg_size: int):
+        assert chunk % BLOCK == 0, "a stamped block never straddles two legs"
+        self.chunk = chunk
+        self.legs = legs
+        self.size = len(legs) * (leg_size // chunk * chunk)
+
+    def locate(self, offset: int) -> tuple[int, int]:
+        """(leg index, offset on the leg) of logical OFFSET."""
+        c, within = divmod(offset, self.chunk)
+        return c % len(self.legs), (c // len(self.legs)) * self.chunk + within
+
+
 class DependentWriter(threading.Thread):
     def __init__(self, index: int, writers: int, targets: list, sizes: list[int], seed: int):
-        """TARGETS: [(subsystem socket, export name)], written in a seeded random order."""
+        """TARGETS: [(subsystem socket, export name) or StripedVolume], written in a seeded random order."""
         super().__init__(name=f"writer-{index}", daemon=True)
         self.index = index
         self.writers = writers
@@ -59,28 +79,34 @@ class DependentWriter(threading.Thread):
 
     def run(self) -> None:
         rnd = random.Random(self.seed)
-        handles = []
+        handles = []  # per target, its handles: one per leg for a volume
         try:
-            for sock, name in self.targets:
-                h = nbd.NBD()
-                h.set_export_name(name)
-                h.connect_unix(sock)
-                handles.append(h)
+            for target in self.targets:
+                legs = target.legs if isinstance(target, StripedVolume) else [target]
+                handles.append([])
+                for sock, name in legs:
+                    h = nbd.NBD()
+                    h.set_export_name(name)
+                    h.connect_unix(sock)
+                    handles[-1].append(h)
             seq = 0
             while not self.stop.is_set():
                 t = rnd.randrange(len(self.targets))
                 blocks = self.sizes[t] // BLOCK
                 block = rnd.randrange(self.index, blocks, self.writers)
                 data = stamped_block(self.index, seq)
+                target = self.targets[t]
+                leg, where = target.locate(block * BLOCK) if isinstance(target, StripedVolume) else (0, block * BLOCK)
                 submitted = time.time()
-                handles[t].pwrite(data, block * BLOCK)
+                handles[t][leg].pwrite(data, where)
                 self.log.append((t, block * BLOCK, data, submitted, time.time()))
                 seq += 1
         except BaseException as e:  # reported by the test, which joins us
             self.error = e
         finally:
-            for h in handles:
-                h.shutdown()
+            for hs in handles:
+                for h in hs:
+                    h.shutdown()
 
 
 def prefix_lengths(writer: DependentWriter, initial: list[bytes], restored: list[bytes]) -> list[int]:
