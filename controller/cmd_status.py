@@ -39,9 +39,15 @@ def format_status(where: str, status: dict) -> str:
     lines.append(f"  session {s['session']}: {s['phase']}")
     for name, counts in s["exports"].items():
         if counts:
-            lines.append(f"    {name}: {counts['done']} copied, {counts['saved']} saved, {counts['pending']} pending chunks")
+            lines.append(f"    {name}: {counts['done']} copied, {counts['saved']} saved, {counts['pending']} pending chunks"
+                         f"{', %d untracked' % counts['untracked'] if counts.get('untracked') else ''}")
     lines.append(f"    side store: {s['side_memory_bytes']} bytes in memory, {s['side_spill_bytes']} spilled"
                  f" (peak {s['side_peak_bytes']}){', under pressure' if s['pressure'] else ''}")
     lines.append(f"    copy-before-write: {s['chunks_cow']} chunks; copied {s['released_bytes'] >> 20} MiB"
                  f" at {s['rate_bytes_per_s'] / (1 << 20):.1f} MiB/s")
+    c = s.get("copier")
+    if c:
+        lines.append(f"    copier: {c['chunks_in_order']} chunks in order, {c['chunks_ahead']} ahead of order, "
+                     f"{c['chunks_opportunistic']} opportunistically; {c['spilled_bytes']} bytes spilled, "
+                     f"host buffer peak {c['peak_host_buffer_bytes']}")
     return "\n".join(lines)

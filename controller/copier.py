@@ -205,3 +205,4 @@ class Copier:
     def _note_peak(self) -> None:
         held = self.scheduler.held + self.buffer.memory_bytes
         self.stats["peak_host_buffer_bytes"] = max(self.stats["peak_host_buffer_bytes"], held)
+        self.stats["spilled_bytes"] = self.buffer.spilled_bytes
