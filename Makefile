@@ -3,8 +3,11 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# python3-xxhash and python3-zstandard: `tzero serve-backup` reads backups inside nbdkit's
+# embedded Python, which sees Debian's packages only, never the .venv.
 APT_PACKAGES := nbdkit nbdkit-plugin-python libnbd-bin python3-libnbd python3-cffi \
-	python3-venv qemu-utils fio fdisk e2fsprogs
+	python3-venv qemu-utils fio fdisk e2fsprogs \
+	python3-xxhash python3-zstandard
 
 .PHONY: setup test check demo clean
 

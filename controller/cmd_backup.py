@@ -16,7 +16,7 @@ from controller.plan import make_plan
 from controller.progress import Progress
 from controller.session import DEFAULT_DEADLINE_MS, DEFAULT_LEASE_MS, ConsistencyGroup
 from controller.stream import Dataset as StreamDataset
-from controller.stream import Header, StreamWriter
+from controller.stream import Header, StreamWriter, parse_compression
 from controller.units import parse_size
 
 DEFAULT_HOST_MEMORY = "256M"
@@ -40,6 +40,8 @@ def register(subparsers) -> None:
                    help="a dataset to back up (repeat; order is stream order): EXPORT, EXPORT:START-END, "
                         "EXPORT:START+LENGTH, EXPORT:pN, concat:E1,E2,..., stripe:CHUNK:E1,E2,... "
                         "(default: every export whole); see docs/datasets.md")
+    p.add_argument("--compress", metavar="zstd[:LEVEL]", default="none",
+                   help="store records compressed with Zstandard (level 1-22, default 3) when it pays")
     p.add_argument("--force", action="store_true", help="replace an existing backup file")
     p.set_defaults(func=run)
 
@@ -50,6 +52,10 @@ def run(args) -> int:
         raise UsageError("--freeze-deadline and --lease must be positive")
     started = time.monotonic()
     specs = [parse_dataset(a) for a in args.datasets or []]
+    try:
+        args.codec, args.level = parse_compression(args.compress)
+    except ValueError as e:
+        raise UsageError(f"--compress {e}") from None
     group = ConsistencyGroup(args.controls, lease_ms=args.lease, deadline_ms=args.freeze_deadline)
     output = BackupOutput(args.output, args.force)
     try:
@@ -87,8 +93,9 @@ def _copy(args, group, plan, chunk, host_memory, zero, output) -> dict:
     datasets = plan.datasets
     header = Header(tool_version=__version__, time_zero=time_zero, chunk_size=chunk,
                     datasets=[StreamDataset(d.name, d.size) for d in datasets],
-                    extra={"pause_ms": zero["pause_ms"], "datasets": [describe(d) for d in datasets]})
-    writer = StreamWriter(output.file, header)
+                    extra={"pause_ms": zero["pause_ms"], "datasets": [describe(d) for d in datasets],
+                           "compression": args.compress})
+    writer = StreamWriter(output.file, header, args.codec, args.level)
     progress = Progress(sum(d.size for d in datasets), enabled=not args.no_progress)
     copier = Copier(group, plan, writer, chunk, host_memory, args.spill_dir, progress)
     group.stats_source = lambda: dict(copier.stats)
@@ -105,6 +112,8 @@ def _copy(args, group, plan, chunk, host_memory, zero, output) -> dict:
         "datasets": [d.name for d in datasets],
         "bytes": written["bytes"],
         "records": written["records"],
+        "data_bytes": written["data_bytes"],
+        "stored_bytes": written["stored_bytes"],
         **copied,
     }
 

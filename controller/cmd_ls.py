@@ -43,6 +43,9 @@ def run(args) -> int:
         "data_bytes": trailer.data_bytes if trailer else None,
         "stored_bytes": trailer.stored_bytes if trailer else None,
         "stream_bytes": trailer.stream_bytes if trailer else None,
+        # data bytes per stored byte: above 1 when records are compressed
+        "compression_ratio": round(trailer.data_bytes / trailer.stored_bytes, 3)
+        if trailer and trailer.stored_bytes else None,
         "extra": header.extra,
     }
     print(json.dumps(info, ensure_ascii=False) if args.json else _text(info))
@@ -61,6 +64,9 @@ def _text(info: dict) -> str:
     if info["records"] is not None:
         lines.append(f"records     {info['records']}, {_human(info['data_bytes'])} of data, "
                      f"stream {_human(info['stream_bytes'])}")
+        if info["compression_ratio"] is not None:
+            lines.append(f"compression {_human(info['stored_bytes'])} stored, "
+                         f"ratio {info['compression_ratio']:.2f}")
     width = max([len(d["name"]) for d in info["datasets"]] + [7])
     lines.append(f"{'dataset':<{width}}  size")
     lines += [f"{d['name']:<{width}}  {_human(d['size'])}" for d in info["datasets"]]

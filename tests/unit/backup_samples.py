@@ -17,18 +17,18 @@ RECORDS = [
 ]
 
 
-def backup_bytes(records=RECORDS, datasets=DATASETS) -> bytes:
+def backup_bytes(records=RECORDS, datasets=DATASETS, codec=0) -> bytes:
     out = io.BytesIO()
     w = StreamWriter(out, Header(tool_version="0.1.0", time_zero=TIME_ZERO, chunk_size=65536,
-                                 datasets=[Dataset(n, s) for n, s in datasets]))
+                                 datasets=[Dataset(n, s) for n, s in datasets]), codec)
     for rec in records:
         w.write(*rec)
     w.finish()
     return out.getvalue()
 
 
-def write_backup(path, records=RECORDS, datasets=DATASETS):
-    path.write_bytes(backup_bytes(records, datasets))
+def write_backup(path, records=RECORDS, datasets=DATASETS, codec=0):
+    path.write_bytes(backup_bytes(records, datasets, codec))
     return path
 
 

@@ -83,3 +83,18 @@ class _Pipe:
 class _Unseekable(io.BytesIO):
     def seekable(self):
         return False
+
+
+def test_cmd_ls_compressed_backup_shows_its_ratio(tmp_path, capsys):
+    path = write_backup(tmp_path / "b.tzb", codec=1)
+    code, out, _ = ls(capsys, path, "--json")
+    info = json.loads(out)
+    assert code == 0 and info["stored_bytes"] < info["data_bytes"]
+    assert info["compression_ratio"] == round(info["data_bytes"] / info["stored_bytes"], 3) > 10
+    code, out, _ = ls(capsys, path)
+    assert any(line.startswith("compression ") and "ratio" in line for line in out.splitlines())
+
+
+def test_cmd_ls_raw_backup_has_ratio_one(tmp_path, capsys):
+    _, out, _ = ls(capsys, write_backup(tmp_path / "b.tzb"), "--json")
+    assert json.loads(out)["compression_ratio"] == 1.0

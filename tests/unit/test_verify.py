@@ -88,3 +88,16 @@ def test_console_script_verify_reads_a_pipe(tmp_path):
     blob = backup_bytes()
     p = subprocess.run([TZERO, "verify", "-"], input=blob, capture_output=True, timeout=60)
     assert p.returncode == 0 and b"intact" in p.stdout
+
+
+def test_verify_compressed_backup_checks_every_record(tmp_path, capsys):
+    blob = backup_bytes(codec=1)
+    good = tmp_path / "good.tzb"
+    good.write_bytes(blob)
+    assert main(["verify", str(good)]) == 0
+    bad = tmp_path / "bad.tzb"
+    pos = record_position(blob, 2)
+    bad.write_bytes(blob[:pos + 40] + bytes([blob[pos + 40] ^ 0x40]) + blob[pos + 41:])
+    assert main(["verify", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "dataset 'b' at offset 4096" in err and err.count("\n") == 1
