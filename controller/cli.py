@@ -11,7 +11,7 @@ import sys
 from controller import __version__
 from controller.errors import EXIT_FAILURE, EXIT_USAGE, TzeroError
 
-COMMANDS = ["serve", "backup", "restore", "verify", "ls", "status", "attach", "detach"]
+COMMANDS = ["serve", "backup", "restore", "verify", "ls", "status", "serve-backup", "attach", "detach"]
 
 
 class _Parser(argparse.ArgumentParser):
