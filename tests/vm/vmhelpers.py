@@ -1,6 +1,9 @@
 """Helpers shared by the VM test modules (fixtures live in conftest.py)."""
 
+import datetime
+import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -46,3 +49,31 @@ def wait_for_socket_sh(path: str) -> str:
     """Shell lines that wait up to 20 s for a unix socket (nbdkit -P returns early)."""
     return (f"i=0; while [ ! -S {path} ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done\n"
             f"[ -S {path} ] || {{ echo 'no socket {path}'; exit 90; }}\n")
+
+
+def wait_for_file_sh(path: str, seconds: int) -> str:
+    """Shell lines that wait up to SECONDS for PATH to exist, else exit 91."""
+    return (f"i=0; while [ ! -e {path} ] && [ $i -lt {seconds * 10} ]; do sleep 0.1; i=$((i+1)); done\n"
+            f"[ -e {path} ] || {{ echo 'no {path} after {seconds} s'; exit 91; }}\n")
+
+
+def last_json(text: str) -> dict:
+    """The JSON object on the last line of TEXT (`tzero ... --json` prints it last)."""
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def iso_epoch(text: str) -> float:
+    """Epoch seconds of an ISO 8601 time with its offset (a backup's time_zero)."""
+    return datetime.datetime.fromisoformat(text).timestamp()
+
+
+# What a guest kernel logs when a block device fails a request or ext4 finds damage.
+_IO_ERROR = re.compile(r"I/O error|blk_update_request|EXT4-fs error|EXT4-fs warning|"
+                       r"Buffer I/O error|critical medium error|Aborting journal|"
+                       r"\bnbd\d*: .*(?:timed out|Receive control failed|Send control failed)")
+
+
+def io_errors(dmesg_path) -> list[str]:
+    """The lines of a saved guest `dmesg` that tell of failed I/O or filesystem errors."""
+    return [line for line in Path(dmesg_path).read_text(errors="replace").splitlines()
+            if _IO_ERROR.search(line)]
