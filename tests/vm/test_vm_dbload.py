@@ -56,9 +56,11 @@ def test_stall_figures_compare_the_window_with_the_baseline():
     assert figures["baseline_p99_ms"] == pytest.approx(10) and figures["baseline_commits"] == 50
 
 
-def test_clock_offset_on_the_same_clock_is_near_zero(tmp_path):
+def test_clock_offset_on_the_same_clock_is_zero_within_its_round_trip(tmp_path):
+    """The premise of the guest's clock measurement: this host's filesystem stamps the probe
+    with its fine-grained clock (a coarse stamp would be a tick, 4 ms, early)."""
     probe = dbload.clock_offset(str(tmp_path / "probe"))
-    assert abs(probe["offset"]) < 0.05 + probe["rtt"]
+    assert abs(probe["offset"]) <= probe["rtt"] / 2 + 0.0005
     assert not (tmp_path / "probe").exists()
 
 
