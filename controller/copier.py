@@ -166,25 +166,37 @@ class Copier:
                     self._fetch_saved(reader, self.group.saved(member, export, limit))
 
     def _fetch_saved(self, reader: ViewReader, chunks: list[int]) -> None:
+        """Read the not yet issued pieces of saved CHUNKS (sorted) into the reorder buffer, in runs
+        of adjacent chunks of up to one request, and release what they free."""
         reader.skip(self._taken)
         first = reader.next_piece
         if first is None:
             return
+        run, last = [], None
         for c in chunks:
             wanted = [p for p in pieces_at(self.plan.datasets, reader.export, c * self.chunk, self.chunk)
                       if key(p) >= key(first) and key(p) not in self.buffer]
             if not wanted:
                 continue
-            lo = min(p.physical for p in wanted)
-            data = reader.pread(max(p.physical + p.length for p in wanted) - lo, lo)
-            self.stats["bytes_read"] += len(data)
-            for p in wanted:
-                part = memoryview(data)[p.physical - lo:p.physical - lo + p.length]
-                self.buffer.put(key(p), None if part == _ZEROS[:p.length] else part)
-                self.stats["chunks_opportunistic"] += 1
-                self._settled(reader.export, self.ledger.settle(reader.export, p.physical, p.length))
-            self._note_peak()
+            if run and (c != last + 1 or (c - run[0].physical // self.chunk + 1) * self.chunk > self.request_bytes):
+                self._fetch_run(reader, run)
+                run = []
+            run += wanted
+            last = c
+        if run:
+            self._fetch_run(reader, run)
         self._release_all()
+
+    def _fetch_run(self, reader: ViewReader, wanted: list) -> None:
+        lo = min(p.physical for p in wanted)
+        data = memoryview(reader.pread(max(p.physical + p.length for p in wanted) - lo, lo))
+        self.stats["bytes_read"] += len(data)
+        for p in wanted:
+            part = data[p.physical - lo:p.physical - lo + p.length]
+            self.buffer.put(key(p), None if part == _ZEROS[:p.length] else part)
+            self.stats["chunks_opportunistic"] += 1
+            self._settled(reader.export, self.ledger.settle(reader.export, p.physical, p.length))
+        self._note_peak()
 
     # --- release ----------------------------------------------------------------
 

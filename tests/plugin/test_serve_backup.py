@@ -51,6 +51,11 @@ def served(request, tmp_path, serve):
     if request.param != "none":
         assert summary["stored_bytes"] < summary["data_bytes"]
     tzero("restore", backup, "--to", tmp_path / "restored")
+    x, y, z = ((tmp_path / f"{n}.img").read_bytes() for n in "xyz")
+    stripe = 128 << 10
+    volume = b"".join(leg[k:k + stripe] for k in range(0, len(x), stripe) for leg in (x, y))
+    assert (tmp_path / "restored" / "vol.img").read_bytes() == volume
+    assert (tmp_path / "restored" / "head.img").read_bytes() == z[:1 << 20]
     server = BackupServer(tmp_path, backup)
     yield server, tmp_path / "restored"
     assert server.stop() == 0

@@ -1,12 +1,13 @@
 """Planning against the subsystems' exports: refusals before anything is frozen, and what is tracked."""
 
+import struct
 from dataclasses import dataclass
 
 import pytest
 
 from controller.dataspec import parse_dataset
-from controller.errors import UsageError
-from controller.plan import make_plan
+from controller.errors import SessionAborted, UsageError
+from controller.plan import PartitionCheck, make_plan, recheck_partitions
 
 
 @dataclass
@@ -52,3 +53,34 @@ def test_plan_bad_datasets_are_refused_with_one_line(args, fragment):
     with pytest.raises(UsageError) as e:
         plan(*args)
     assert fragment in e.value.message and "\n" not in e.value.message
+
+
+class FakeView:
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def pread(self, n, off):
+        return self.data[off:off + n]
+
+
+def mbr_with_partition_1_at(start_sector: int, sectors: int) -> bytes:
+    sector = bytearray(512)
+    struct.pack_into("<B3xB3xII", sector, 446, 0, 0x83, start_sector, sectors)
+    sector[510:512] = b"\x55\xaa"
+    return bytes(sector) + bytes(1 << 20)
+
+
+def test_plan_partition_recheck_passes_when_the_view_holds_the_planned_table():
+    check = PartitionCheck("root", "x", 1, 2048 * 512, 100 * 512, [(0, 512)])
+    recheck_partitions([check], {"x": FakeView(mbr_with_partition_1_at(2048, 100))})
+
+
+@pytest.mark.parametrize("view, fragment", [
+    (mbr_with_partition_1_at(4096, 100), "is (2097152, 51200)"),
+    (bytes(1 << 20), "unreadable (no partition table"),
+])
+def test_plan_partition_moved_before_time_zero_abandons_the_backup(view, fragment):
+    check = PartitionCheck("root", "x", 1, 2048 * 512, 100 * 512, [(0, 512)])
+    with pytest.raises(SessionAborted) as e:
+        recheck_partitions([check], {"x": FakeView(view)})
+    assert "the partition table of 'x' changed before time zero" in e.value.message and fragment in e.value.message
