@@ -40,13 +40,20 @@ def workdir(*parts: str) -> str:
     return path
 
 
-def image(path: str, size: int, seed: int = 0) -> str:
-    """Make PATH exactly SIZE bytes of non-zero pseudo-random data, rewriting it in place.
+_filled: dict[str, int] = {}  # images written in this process: path -> size
+
+
+def image(name: str, size: int, seed: int = 0) -> str:
+    """WORK/img/NAME.img: exactly SIZE bytes of non-zero pseudo-random data, rewritten in place
+    the first time this process asks for it (so a whole `make bench` writes it once).
 
     Every 4 MiB piece differs (its first bytes carry the seed and the offset), so no
     layer can deduplicate or skip it; nothing is ever a hole."""
     import random
 
+    path = os.path.join(workdir("img"), f"{name}.img")
+    if _filled.get(path) == size:
+        return path
     base = random.Random(seed).randbytes(FILL_PIECE)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -61,7 +68,15 @@ def image(path: str, size: int, seed: int = 0) -> str:
         os.fdatasync(fd)
     finally:
         os.close(fd)
+    _filled[path] = size
     return path
+
+
+def drop_image(name: str) -> None:
+    """Remove a large image once done with it, so its page cache does not crowd the others."""
+    path = os.path.join(workdir("img"), f"{name}.img")
+    _filled.pop(path, None)
+    _remove(path)
 
 
 def serve(name: str, exports: dict, *options, folder: str | None = None) -> LocalSubsystem:
@@ -81,15 +96,22 @@ def _remove(path: str) -> None:
 
 
 def backup(controls: list[str], *extra) -> dict:
-    """`tzero backup -o -` with the stream thrown away; returns its JSON summary plus wall_s."""
+    """`tzero backup -o -` with the stream thrown away; returns its JSON summary plus wall_s
+    and controller_maxrss_kib (the peak resident memory of the tzero backup process)."""
     cmd = [*TZERO, "backup", *[a for c in controls for a in ("-s", c)], "-o", "-", "--json", "--no-progress", *extra]
-    started = time.monotonic()
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    wall = time.monotonic() - started
+    with open(os.path.join(workdir("run"), "backup.err"), "w+") as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        text = err.read()
     if proc.returncode != 0:
-        raise RuntimeError(f"tzero backup failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    summary = json.loads(proc.stderr.strip().splitlines()[-1])
+        raise RuntimeError(f"tzero backup failed ({proc.returncode}): {text.strip()[-2000:]}")
+    summary = json.loads(text.strip().splitlines()[-1])
     summary["wall_s"] = wall
+    summary["controller_maxrss_kib"] = usage.ru_maxrss
     return summary
 
 
@@ -100,28 +122,69 @@ def nbdcopy_null(uri: str, *extra) -> float:
     return time.monotonic() - started
 
 
-def fio(uri: str, runtime_s: float, rw: str = "randwrite", bs: str = "4k", iodepth: int = 16,
-        extra: tuple = (), log_prefix: str | None = None) -> dict:
-    """fio's nbd engine against URI for RUNTIME_S; returns iops and latency figures (ms)."""
-    cmd = ["fio", "--name=bench", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", f"--bs={bs}",
-           f"--iodepth={iodepth}", "--time_based", f"--runtime={runtime_s}s", "--output-format=json",
-           "--randrepeat=0", "--norandommap", *extra]
-    if log_prefix:
-        cmd += [f"--write_lat_log={log_prefix}", "--log_avg_msec=0"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir("run"))
-    if proc.returncode != 0:
-        raise RuntimeError(f"fio failed: {proc.stderr.strip()[-2000:]}")
-    job = json.loads(proc.stdout[proc.stdout.index("{"):])["jobs"][0]
-    side = job["write"] if rw.endswith("write") else job["read"]
+FIO_JOB = ["--name=bench", "--ioengine=nbd", "--rw=randwrite", "--bs=4k", "--iodepth=16", "--randrepeat=0",
+           "--norandommap", "--output-format=json"]
+FIO_NOTE = "fio nbd engine, randwrite, bs=4k, iodepth=16, one job"
+
+
+def _fio_result(stdout: str) -> dict:
+    doc = json.loads(stdout[stdout.index("{"):])
+    job = doc["jobs"][0]
+    side = job["write"]
     pct = side["clat_ns"].get("percentile", {})
     return {
         "iops": side["iops"],
-        "mib_s": side["bw_bytes"] / MiB,
         "lat_p50_ms": pct.get("50.000000", 0) / 1e6,
         "lat_p99_ms": pct.get("99.000000", 0) / 1e6,
         "lat_max_ms": side["clat_ns"]["max"] / 1e6,
         "ios": side["total_ios"],
+        "runtime_s": job["job_runtime"] / 1000,
+        "ended_epoch": doc["timestamp_ms"] / 1000,
     }
+
+
+def fio(uri: str, runtime_s: float) -> dict:
+    """fio (FIO_NOTE) against URI for RUNTIME_S; IOPS and write latency (ms)."""
+    proc = subprocess.run(["fio", *FIO_JOB, f"--uri={uri}", "--time_based", f"--runtime={runtime_s}s"],
+                          capture_output=True, text=True, cwd=workdir("run"))
+    if proc.returncode != 0:
+        raise RuntimeError(f"fio failed: {proc.stderr.strip()[-2000:]}")
+    return _fio_result(proc.stdout)
+
+
+class FioLoad:
+    """fio (FIO_NOTE) in the background with a 100 ms IOPS log, until stop()."""
+
+    def __init__(self, uri: str, tag: str, limit_s: float = 120):
+        self.prefix = os.path.join(workdir("run"), f"fio-{tag}")
+        self.log = f"{self.prefix}_iops.1.log"
+        _remove(self.log)
+        self.proc = subprocess.Popen(["fio", *FIO_JOB, f"--uri={uri}", "--time_based", f"--runtime={limit_s}s",
+                                      f"--write_iops_log={self.prefix}", "--log_avg_msec=100"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=workdir("run"))
+        time.sleep(0.5)  # connected and running
+
+    def stop(self) -> dict:
+        """Stop fio; its summary plus `iops_between(t0, t1)` over wall-clock times."""
+        self.proc.send_signal(signal.SIGINT)
+        out, err = self.proc.communicate(60)
+        if "{" not in out:
+            raise RuntimeError(f"fio failed: {err.strip()[-2000:]}")
+        r = _fio_result(out)
+        started = r["ended_epoch"] - r["runtime_s"]
+        samples = []
+        with open(self.log) as f:
+            for line in f:
+                ms, value = line.split(",")[:2]
+                samples.append((started + int(ms) / 1000, float(value)))
+        r["samples"] = samples
+        return r
+
+
+def iops_between(samples, t0: float, t1: float) -> float:
+    """Mean IOPS over the 100 ms samples that end within [T0, T1]."""
+    inside = [v for t, v in samples if t0 + 0.1 <= t <= t1]
+    return sum(inside) / len(inside) if inside else 0.0
 
 
 def percentile(values, p: float) -> float:

@@ -1,0 +1,262 @@
+"""BENCHMARKS.md and docs/bench-latency.png from bench/results/*.json (one `make bench` run).
+
+Every comparison is a ratio of figures measured in the same run, interleaved; the
+text says which peer setting each ratio uses (QSD's better one, per figure).
+"""
+
+import datetime
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import REPO, RESULTS  # noqa: E402
+
+PLOT = os.path.join(REPO, "docs", "bench-latency.png")
+OUT = os.path.join(REPO, "BENCHMARKS.md")
+QSD = ("qsd-default", "qsd-mw1")
+LABEL = {"tzero": "tzero", "qsd-default": "QSD (as shipped)", "qsd-mw1": "QSD (max-workers=1)",
+         "nbdkit-file": "nbdkit file (C)", "nbdcopy-tzero": "nbdcopy of tzero's live export",
+         "nbdcopy-nbdkit-file": "nbdcopy of nbdkit file"}
+
+
+def load(name: str) -> dict | None:
+    path = os.path.join(RESULTS, f"{name}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def f(x, digits=2) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def table(head: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(c if isinstance(c, str) else f(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def verdict(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+def better(d: dict, key: str, low: bool) -> str:
+    """The QSD setting with the better value of KEY (lower if LOW)."""
+    return min(QSD, key=lambda q: d[q][key]) if low else max(QSD, key=lambda q: d[q][key])
+
+
+def machine_section(m: dict) -> list[str]:
+    return ["## Machine and versions", "",
+            f"- {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}",
+            f"- {m['nbdkit']}; {m['nbdcopy']}; {m['fio']}; {m['qemu-storage-daemon']}",
+            f"- load average when the run started: {', '.join(f(x) for x in m['load_at_start'])} "
+            "(the machine is shared with other work: every comparison is interleaved, ours then the peer's, "
+            "again and again, so that load hits both alike)", ""]
+
+
+def targets(core, ses, wc, mem) -> list[str]:
+    rows = []
+    if ses:
+        t = ses["two_exports"]["tzero"]
+        rows.append(["pause max <= 5 ms (2 subsystems x 4 writers)", f(t["pause_ms_max"]), verdict(t["pause_ms_max"] <= 5)])
+        rows.append(["pause p99 <= 2 ms", f(t["pause_ms_p99"]), verdict(t["pause_ms_p99"] <= 2)])
+    if wc:
+        s = wc["summary"]
+        ratio = s["tzero"]["held_vs_none"]
+        rows.append(["write IOPS during a session >= 70% of none", f(ratio), verdict(ratio >= 0.7)])
+        q = better(s, "iops_copying", low=False)
+        r = s["tzero"]["iops_copying"] / s[q]["iops_copying"]
+        rows.append([f"... and above QSD's during its job ({LABEL[q]})", f"{f(r)} x", verdict(r > 1)])
+        q2 = better(s, "iops_held", low=False)
+        r2 = s["tzero"]["iops_held"] / s[q2]["iops_held"]
+        rows.append([f"... same, job held without copying ({LABEL[q2]})", f"{f(r2)} x", verdict(r2 > 1)])
+        r = s["tzero"]["backup_mib_s_idle"] / s["nbdcopy-tzero"]["mib_s"]
+        rows.append(["idle backup >= 85% of nbdcopy of the same live export", f(r), verdict(r >= 0.85)])
+        q = better(s, "backup_mib_s_idle", low=False)
+        r = s["tzero"]["backup_mib_s_idle"] / s[q]["backup_mib_s_idle"]
+        rows.append([f"idle backup faster than QSD's job ({LABEL[q]})", f"{f(r)} x", verdict(r > 1)])
+    if mem:
+        m = mem["memory"]
+        rows.append(["plugin RSS <= side-memory + 64 MiB",
+                     f"{f(m['plugin_peak_rss_mib'], 0)} MiB (bound {f(m['plugin_bound_mib'], 0)})",
+                     verdict(m["plugin_within_bound"])])
+        rows.append(["controller RSS <= host-memory + 64 MiB",
+                     f"{f(m['controller_peak_rss_mib'], 0)} MiB (bound {f(m['controller_bound_mib'], 0)})",
+                     verdict(m["controller_within_bound"])])
+    return ["## Targets", ""] + table(["target", "figure", ""], rows)
+
+
+def core_section(core: dict) -> list[str]:
+    s = core["summary"]
+    return ["## The core figures (bench/core.py)", "",
+            "2 subsystems x 4 dependent writers, 10 sessions; an idle 1 GiB export; fio on it.", ""] + table(
+        ["figure", "value"],
+        [["pause_ms max / p99 (gate)", f"{f(s['pause_ms_max'])} / {f(s['pause_ms_p99'])}"],
+         ["application's longest write at time zero, max / p99 (ms)",
+          f"{f(s['app_stall_ms_max'])} / {f(s['app_stall_ms_p99'])}"],
+         ["writers' own p99 latency with no backup (ms)", f(s["app_quiet_p99_ms"])],
+         ["`tzero backup` vs `nbdcopy` reading the same live export",
+          f"{f(s['backup_vs_nbdcopy'])} ({f(s['tzero_mib_s'], 0)} vs {f(s['nbdcopy_mib_s'], 0)} MiB/s)"],
+         ["fio 4k randwrite IOPS, session vs none",
+          f"{f(s['iops_session_vs_none'])} ({f(s['iops_session'], 0)} vs {f(s['iops_no_session'], 0)})"]])
+
+
+def pause_section(ses: dict) -> list[str]:
+    out = ["## 1. Pause: what the application feels at time zero", "",
+           ses["note"].replace("\n", " "), ""]
+    for shape in ("two_exports", "eight_exports"):
+        d = ses[shape]
+        q = better(d, "app_stall_ms_max", low=True)
+        rows = [[LABEL[n], d[n]["pause_ms_max"], d[n]["pause_ms_p99"], d[n]["app_stall_ms_max"],
+                 d[n]["app_stall_ms_p99"], d[n]["copy_write_rate_mean"], d[n]["copy_max_ms_max"], d[n]["copy_s_mean"]]
+                for n in ("tzero", *QSD)]
+        rows.append([f"tzero / {LABEL[q]}"] + [d["tzero"][k] / d[q][k] if d[q][k] else None for k in
+                     ("pause_ms_max", "pause_ms_p99", "app_stall_ms_max", "app_stall_ms_p99",
+                      "copy_write_rate_mean", "copy_max_ms_max", "copy_s_mean")])
+        out += [f"### {d['shape']}, {d['tzero']['sessions']} backups each", ""]
+        out += table(["", "pause max (ms)", "pause p99", "app stall max (ms)", "app stall p99",
+                      "writes/s during copy vs before", "longest write during copy (ms)", "copy (s)"], rows)
+    out += ["Pause: tzero's gate figure; QSD's `transaction` round trip (it drains every disk inside it). "
+            "App stall: the longest write of any writer in flight while writes could have been held. "
+            "The ratio row compares with the QSD setting whose app stall was lower.", ""]
+    return out
+
+
+def writecost_section(wc: dict) -> list[str]:
+    s = wc["summary"]
+    rows = []
+    for n in ("tzero", *QSD):
+        x = s[n]
+        rows.append([LABEL[n], x["iops_none"], x["iops_held"], x["iops_copying"], x["iops_after"],
+                     f"{f(x['p99_ms_none'])} / {f(x['p99_ms_held'])} / {f(x['p99_ms_copying'])} / {f(x['p99_ms_after'])}",
+                     f"{f(x['max_ms_none'], 0)} / {f(x['max_ms_held'], 0)} / {f(x['max_ms_copying'], 0)} / "
+                     f"{f(x['max_ms_after'], 0)}"])
+    x = s["nbdkit-file"]
+    rows.append([LABEL["nbdkit-file"], x["iops_none"], "-", "-", "-", f(x["p99_ms_none"]), f(x["max_ms_none"], 0)])
+    ratio_rows = []
+    for ph in ("none", "held", "copying", "after"):
+        q = better(s, f"iops_{ph}", low=False)
+        ratio_rows.append([ph, s["tzero"][f"iops_{ph}"] / s["tzero"]["iops_none"],
+                           s["tzero"][f"iops_{ph}"] / s[q][f"iops_{ph}"], LABEL[q]])
+    ratio_rows.append(["none, vs nbdkit file (C)", 1.0, s["tzero"]["iops_none"] / s["nbdkit-file"]["iops_none"],
+                       LABEL["nbdkit-file"]])
+    return (["## 2. Write cost: fio on a live 1 GiB export", "",
+             f"{wc['fio']}, {wc['fio_seconds']} s per phase, {wc['rounds']} rounds ({wc['order']}). "
+             "Phases: none; held (a session open, nothing copying: tzero's held through the control protocol, "
+             "QSD's job at one byte a second); copying (during a full backup); after (once it finished). "
+             f"{wc['note']}.", ""]
+            + table(["", "IOPS none", "held", "copying", "after", "p99 ms none/held/copying/after",
+                     "max ms none/held/copying/after"], rows)
+            + table(["phase", "tzero vs its own none", "tzero vs the better peer", "peer"], ratio_rows))
+
+
+def speed_section(wc: dict) -> list[str]:
+    s = wc["summary"]
+    rows = [[LABEL[n], s[n]["backup_mib_s_idle"], s[n]["backup_mib_s_under_load"]] for n in ("tzero", *QSD)]
+    rows += [[LABEL[n], s[n]["mib_s"], "-"] for n in ("nbdcopy-tzero", "nbdcopy-nbdkit-file")]
+    t = s["tzero"]
+    ratios = [["tzero / nbdcopy of its live export (idle)", t["backup_mib_s_idle"] / s["nbdcopy-tzero"]["mib_s"]],
+              ["tzero / nbdcopy, counting the whole command's wall time",
+               t["backup_mib_s_idle_wall"] / s["nbdcopy-tzero"]["mib_s"]]]
+    for q in QSD:
+        ratios.append([f"tzero / {LABEL[q]} (idle)", t["backup_mib_s_idle"] / s[q]["backup_mib_s_idle"]])
+        ratios.append([f"tzero / {LABEL[q]} (under fio)", t["backup_mib_s_under_load"] / s[q]["backup_mib_s_under_load"]])
+    ratios.append(["nbdcopy: tzero's live export / nbdkit file (C)", s["nbdcopy-tzero"]["mib_s"] / s["nbdcopy-nbdkit-file"]["mib_s"]])
+    return (["## 3. Backup speed (1 GiB, MiB/s)", "",
+             "tzero: `tzero backup -o -` to /dev/null, timed by its own `elapsed_s` (connect to close; the "
+             "second ratio counts the whole command, interpreter start included). QSD: from sending the "
+             "`transaction` to the job's completion event, target `null-co`. nbdcopy: `nbdcopy URI null:`, "
+             "wall time.", ""]
+            + table(["", "idle", "under fio randwrite"], rows) + table(["ratio", "value"], ratios))
+
+
+def memory_section(mem: dict) -> list[str]:
+    m = mem["memory"]
+    out = ["## 4. Memory under overwrite pressure", "", mem["note"].replace("\n", " "), ""]
+    out += table(["", "value"], [
+        ["bytes saved by copy-before-write / side-memory", m["cow_vs_side_memory"]],
+        ["plugin peak RSS (MiB) / bound", f"{f(m['plugin_peak_rss_mib'], 0)} / {f(m['plugin_bound_mib'], 0)}"],
+        ["controller peak RSS (MiB) / bound",
+         f"{f(m['controller_peak_rss_mib'], 0)} / {f(m['controller_bound_mib'], 0)}"]])
+    rows = []
+    for g in mem["growth"]:
+        if "skipped" in g:
+            rows.append([f"{g['export_bytes'] >> 20} MiB", "skipped: " + g["skipped"], "-", "-", "-", "-"])
+        else:
+            rows.append([f"{g['export_bytes'] >> 20} MiB", g["elapsed_s"], g["mib_s"], g["vs_nbdcopy"],
+                         g["controller_peak_rss_mib"], g["plugin_peak_rss_mib"]])
+    out += ["## 5. Growth: an idle backup of one export", ""]
+    out += table(["size", "time (s)", "MiB/s", "vs nbdcopy", "controller peak RSS (MiB)", "plugin peak RSS (MiB)"], rows)
+    return out
+
+
+def plot(timeline: dict) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    systems = [n for n in ("tzero", *QSD) if n in timeline["systems"]]
+    fig, axes = plt.subplots(len(systems), 1, figsize=(10, 2.6 * len(systems)), sharex=True, sharey=True)
+    for ax, name in zip(axes, systems):
+        d = timeline["systems"][name]
+        xs = [p[0] for p in d["points"]]
+        ys = [max(p[1], 0.01) for p in d["points"]]
+        ax.scatter(xs, ys, s=2, alpha=0.5, linewidths=0)
+        ax.axvline(0, color="red", linewidth=1, label="time zero")
+        ax.axvline(d["copy_end_s"], color="green", linewidth=1, linestyle="--", label="backup complete")
+        ax.set_yscale("log")
+        ax.set_title(f"{LABEL[name]}: pause {d['pause_ms']:.2f} ms", fontsize=10)
+        ax.set_ylabel("write latency (ms)")
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].legend(loc="upper right", fontsize=8)
+    axes[-1].set_xlabel("seconds from time zero (submission time of each 4 KiB dependent write)")
+    fig.suptitle(f"Application write latency around time zero and through the copy\n{timeline['shape']}, 4 writers",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=110)
+    return True
+
+
+def main() -> int:
+    core, ses, wc, mem, tl = (load(n) for n in ("core", "sessions", "writecost", "memory", "timeline"))
+    machine = (core or {}).get("machine")
+    lines = ["# Benchmarks", "",
+             f"Written by `make bench` (bench/report.py) on {datetime.date.today().isoformat()} from "
+             "bench/results/*.json, all from one run. Every figure compares tzero with a peer measured in the "
+             "same run, interleaved. Benchmarks, not tests: the figures move with the machine's load.", ""]
+    if machine:
+        lines += machine_section(machine)
+    lines += targets(core, ses, wc, mem)
+    if core:
+        lines += core_section(core)
+    if ses:
+        lines += pause_section(ses)
+    if tl and plot(tl):
+        lines += ["## 6. Write latency over time", "",
+                  "![write latency around time zero](docs/bench-latency.png)", "",
+                  "Each dot is one 4 KiB dependent write (slow ones all, one in eight of the rest), from one "
+                  "backup per system in the pause runs above.", ""]
+    if wc:
+        lines += writecost_section(wc) + speed_section(wc)
+    if mem:
+        lines += memory_section(mem)
+    with open(OUT, "w") as out:
+        out.write("\n".join(lines).rstrip() + "\n")
+    print(f"bench: wrote {OUT}" + (f" and {PLOT}" if tl else ""), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Write cost and backup speed on one 1 GiB image: tzero vs qemu-storage-daemon vs the limits.
+
+Every server runs over the same image file at once (only one is used at a time):
+tzero's subsystem, qemu-storage-daemon (its backup job run twice: as shipped, and
+with x-perf max-workers=1) and nbdkit's C `file` plugin (the NBD serving limit).
+
+Write cost, fio (FIO_NOTE in common.py) on the live export of each system:
+  none     no backup;
+  held     a backup session open but not copying: tzero's session held through the
+           control protocol, QSD's job started at one byte a second, so every first
+           write to a chunk costs a copy-before-write and nothing else runs;
+  copying  while a full backup runs (the backup's speed under load comes from here);
+  after    once the backup has finished.
+Backup speed, idle: `tzero backup`, QSD's job both ways, `nbdcopy URI null:` reading
+tzero's live export (the read limit) and nbdkit-file's.
+
+Rounds interleave the systems (tzero, QSD default, QSD max-workers=1, nbdkit-file,
+then again) so that whatever else loads the machine hits them alike.
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import (FIO_NOTE, FioLoad, MiB, Stopper, backup, child_pid, fio, image, iops_between,  # noqa: E402
+                          nbdcopy_null, say, serve, workdir, write_result)
+from bench.qsd import StorageDaemon  # noqa: E402
+from controller.session import ConsistencyGroup  # noqa: E402
+
+SIZE = 1024 * MiB
+FIO_S = 5
+ROUNDS = 2
+SYSTEMS = ("tzero", "qsd-default", "qsd-mw1")
+
+
+class NbdkitFile:
+    """nbdkit's C file plugin over PATH at nbd+unix:///?socket=SOCK (its one export)."""
+
+    def __init__(self, path: str):
+        import subprocess
+
+        self.socket = os.path.join(workdir("run"), "nbdkit-file.sock")
+        if os.path.exists(self.socket):
+            os.unlink(self.socket)
+        self.proc = subprocess.Popen(["nbdkit", "-f", "--exit-with-parent", "-U", self.socket, "file", f"file={path}"])
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.socket):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("nbdkit file plugin did not start")
+            time.sleep(0.02)
+        self.uri = f"nbd+unix:///?socket={self.socket}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+class TzeroSystem:
+    def __init__(self, sub):
+        self.sub = sub
+        self.uri = sub.uri("w")
+        self.group = None
+
+    def hold(self) -> None:
+        self.group = ConsistencyGroup([self.sub.control])
+        self.group.connect()
+        self.group.open()
+        self.group.freeze_and_thaw()
+        self.group.start_heartbeat()
+
+    def release(self) -> dict:
+        stats = next(iter(self.group.close().values()))
+        self.group = None
+        return {"chunks_cow": stats["chunks_cow"], "side_peak_bytes": stats["side_peak_bytes"]}
+
+    def backup(self) -> dict:
+        started = time.time()
+        s = backup([self.sub.control])
+        return {"started": started, "ended": time.time(), "elapsed_s": s["elapsed_s"], "wall_s": s["wall_s"],
+                "chunks_cow": s["chunks_cow"]}
+
+
+class QsdSystem:
+    def __init__(self, daemon: StorageDaemon, max_workers):
+        self.daemon = daemon
+        self.max_workers = max_workers
+        self.uri = daemon.uri("w")
+
+    def hold(self) -> None:
+        self.daemon.start_backup(["w"], self.max_workers, held=True)
+
+    def release(self) -> dict:
+        self.daemon.cancel_backup(["w"])
+        return {}
+
+    def backup(self) -> dict:
+        r = self.daemon.start_backup(["w"], self.max_workers)
+        ended = self.daemon.wait_backup(["w"])
+        # Its job is the whole backup: the QMP round trip starts it, the completion event ends it.
+        return {"started": r["sent"], "ended": ended, "elapsed_s": ended - r["sent"], "wall_s": ended - r["sent"]}
+
+
+def phases(system, tag: str) -> dict:
+    out = {"none": fio(system.uri, FIO_S)}
+    system.hold()
+    try:
+        out["held"] = fio(system.uri, FIO_S)
+    finally:
+        out["held"].update(system.release())
+    load = FioLoad(system.uri, tag)
+    try:
+        b = system.backup()
+        time.sleep(0.5)
+    finally:
+        r = load.stop()
+    samples = r.pop("samples")
+    r["iops_during_backup"] = iops_between(samples, b["started"], b["ended"])
+    r["iops_before_backup"] = iops_between(samples, b["started"] - 0.4, b["started"])
+    r["backup"] = b
+    r["backup_mib_s"] = SIZE / MiB / b["elapsed_s"]
+    out["copying"] = r
+    out["after"] = fio(system.uri, FIO_S)
+    return out
+
+
+def idle_speed(systems: dict, nbdkit_file: NbdkitFile) -> dict:
+    out = {}
+    for name, system in systems.items():
+        b = system.backup()
+        out[name] = {"elapsed_s": b["elapsed_s"], "wall_s": b["wall_s"], "mib_s": SIZE / MiB / b["elapsed_s"]}
+    for name, uri in (("nbdcopy-tzero", systems["tzero"].uri), ("nbdcopy-nbdkit-file", nbdkit_file.uri)):
+        t = nbdcopy_null(uri)
+        out[name] = {"wall_s": t, "mib_s": SIZE / MiB / t}
+    return out
+
+
+def mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def main() -> int:
+    path = image("w", SIZE, seed=7)
+    result = {"bench": "writecost", "export_bytes": SIZE, "fio": FIO_NOTE, "fio_seconds": FIO_S, "rounds": ROUNDS,
+              "order": "interleaved by round: tzero, qsd-default, qsd-mw1, nbdkit-file, then again",
+              "note": "QSD's backup target and tzero's stream are both thrown away (null-co, /dev/null)"}
+    per = {k: [] for k in SYSTEMS}
+    speed = []
+    file_iops = []
+    with Stopper() as stopper:
+        sub = stopper.add(serve("wc", {"w": path}))
+        daemon = stopper.add(StorageDaemon(workdir("run"), "qsd-wc", {"w": path}, log=open(os.devnull, "w")))
+        nbdkit_file = stopper.add(NbdkitFile(path))
+        systems = {"tzero": TzeroSystem(sub), "qsd-default": QsdSystem(daemon, None), "qsd-mw1": QsdSystem(daemon, 1)}
+        result["plugin_pid"] = child_pid(sub.proc.pid, "nbdkit")
+        for rnd in range(ROUNDS):
+            for name in SYSTEMS:
+                say(f"write cost: {name}, round {rnd + 1}")
+                per[name].append(phases(systems[name], f"{name}-{rnd}"))
+            say(f"write cost: nbdkit-file, round {rnd + 1}; idle backup speed")
+            file_iops.append(fio(nbdkit_file.uri, FIO_S))
+            speed.append(idle_speed(systems, nbdkit_file))
+    summary = {}
+    for name in SYSTEMS:
+        runs = per[name]
+        summary[name] = {
+            **{f"iops_{ph}": mean(r[ph]["iops"] for r in runs) for ph in ("none", "held", "after")},
+            "iops_copying": mean(r["copying"]["iops_during_backup"] for r in runs),
+            "iops_before_copying": mean(r["copying"]["iops_before_backup"] for r in runs),
+            **{f"p99_ms_{ph}": max(r[ph]["lat_p99_ms"] for r in runs) for ph in ("none", "held", "copying", "after")},
+            **{f"max_ms_{ph}": max(r[ph]["lat_max_ms"] for r in runs) for ph in ("none", "held", "copying", "after")},
+            "backup_mib_s_under_load": mean(r["copying"]["backup_mib_s"] for r in runs),
+            "backup_mib_s_idle": SIZE / MiB * ROUNDS / sum(s[name]["elapsed_s"] for s in speed),
+        }
+        summary[name]["held_vs_none"] = summary[name]["iops_held"] / summary[name]["iops_none"]
+        summary[name]["copying_vs_none"] = summary[name]["iops_copying"] / summary[name]["iops_none"]
+    summary["nbdkit-file"] = {"iops_none": mean(r["iops"] for r in file_iops),
+                              "p99_ms_none": max(r["lat_p99_ms"] for r in file_iops),
+                              "max_ms_none": max(r["lat_max_ms"] for r in file_iops)}
+    for name in ("nbdcopy-tzero", "nbdcopy-nbdkit-file"):
+        summary[name] = {"mib_s": SIZE / MiB * ROUNDS / sum(s[name]["wall_s"] for s in speed)}
+    summary["tzero"]["backup_mib_s_idle_wall"] = SIZE / MiB * ROUNDS / sum(s["tzero"]["wall_s"] for s in speed)
+    result["summary"] = summary
+    result["runs"] = per
+    result["speed_runs"] = speed
+    result["nbdkit_file_runs"] = file_iops
+    write_result("writecost", result)
+    for name, s in summary.items():
+        say(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in s.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
