@@ -38,5 +38,18 @@ demo: setup
 clean:
 	rm -rf $(VENV) .pytest_cache
 
+# The benchmarks against qemu-storage-daemon, nbdkit's file plugin and nbdcopy (bench/run.py):
+# results in bench/results/*.json, tables in BENCHMARKS.md, the plot in docs/bench-latency.png.
+BENCH_APT := qemu-system-x86 python3-matplotlib fio libnbd-bin
+
+.PHONY: bench
+bench: setup
+	@missing=$$(for p in $(BENCH_APT); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 # Last, so that `make` alone still means `make setup`.
 -include vm/vm.mk
