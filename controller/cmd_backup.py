@@ -8,7 +8,7 @@ import sys
 import time
 
 from controller import __version__
-from controller.copier import Copier
+from controller.copier import Copier, pool_shape
 from controller.dataspec import parse_dataset
 from controller.errors import SessionAborted, SubsystemError, TzeroError, UsageError
 from controller.output import BackupOutput
@@ -62,6 +62,7 @@ def run(args) -> int:
         group.connect()
         chunk = _common_chunk_size(group)
         plan = make_plan(specs, group.members)
+        pool_shape(host_memory // 2, chunk, len(plan.claims()))  # a too small --host-memory, said before freezing
         output.open()
         group.open(plan.tracks())
         zero = group.freeze_and_thaw()

@@ -41,6 +41,21 @@ OPPORTUNISTIC_LIMIT_BYTES = 32 << 20
 _ZEROS = memoryview(bytes(16 << 20))  # the largest concordance chunk
 
 
+def pool_shape(read_budget: int, chunk_size: int, exports: int) -> tuple[int, int]:
+    """(request size, buffer count) of the read pool: READ_BUDGET bytes, at least one buffer per
+    export and one more (scheduler.py says why). With many exports and little memory, smaller
+    requests (whole chunks) rather than fewer buffers; UsageError if not even that fits."""
+    slots = exports + 1
+    request = max(REQUEST_BYTES, chunk_size)
+    if read_budget // request < slots:
+        request = read_budget // slots // chunk_size * chunk_size
+    if request < chunk_size:
+        need = -(-2 * slots * chunk_size >> 20)
+        raise UsageError(f"--host-memory must be at least {need} MiB for {exports} exports "
+                         f"with {chunk_size >> 10} KiB chunks")
+    return request, read_budget // request
+
+
 class Copier:
     def __init__(self, group, plan, writer, chunk_size: int, host_memory: int,
                  spill_dir: str | None = None, progress=None):
@@ -48,15 +63,12 @@ class Copier:
         self.plan = plan
         self.writer = writer
         self.chunk = chunk_size
-        self.request_bytes = max(REQUEST_BYTES, chunk_size)
-        if host_memory < 4 * self.request_bytes:
-            raise UsageError(f"--host-memory must be at least {4 * self.request_bytes >> 20} MiB "
-                             f"with {chunk_size >> 10} KiB chunks")
+        self.ledger = Ledger(chunk_size, plan.claims())
         read_budget = host_memory // 2
-        self.pool = BufferPool(self.request_bytes, read_budget // self.request_bytes)
+        self.request_bytes, count = pool_shape(read_budget, chunk_size, len(self.ledger.exports))
+        self.pool = BufferPool(self.request_bytes, count)
         self.buffer = ReorderBuffer(host_memory - read_budget, spill_dir)
         self.records = RecordAssembler(writer, RECORD_BYTES)
-        self.ledger = Ledger(chunk_size, plan.claims())
         self.progress = progress or (lambda done: None)
         self.readers: dict[str, ViewReader] = {}
         self.scheduler: Scheduler | None = None

@@ -29,7 +29,7 @@ class BufferPool:
     """
 
     def __init__(self, size: int, count: int):
-        assert count >= 2, "one slot for the stream head, at least one to read ahead"
+        assert count >= 1, "pool_shape gives one buffer per export and one more"
         self.size = size
         self._free = [bytearray(size) for _ in range(count)]
         self._whole = {id(b): nbd.Buffer.from_buffer(b) for b in self._free}

@@ -8,10 +8,15 @@ the time the current one leaves idle.
 
 Memory: every read holds one buffer of the pool (reader.BufferPool) from issue
 until the copier has taken all its pieces (in flight, or completed and waiting
-for its turn). A read that is not the one the stream waits for (the head) may
-be issued only while another buffer stays free, so the head's read always
-finds one: the copier can never wait for a read that memory keeps from being
-issued. Reads fetched ahead of order by this policy live only in memory; the
+for its turn). The head (the piece the stream waits for) may lie on any export
+whose reads are all taken; in a stripe the head visits every leg in turn while
+the other legs' reads are still half taken. So one buffer is kept free for
+every such idle export: a read that is not the head's may be issued only if,
+after it, as many buffers stay free as there are other idle exports with
+pieces left. Then the head's read always finds a buffer (its export is idle
+when its piece is not issued yet), and the copier can never wait for a read
+that memory keeps from being issued. The pool has at least one buffer per
+export and one more (copier.py sizes it). Reads fetched ahead of order by this policy live only in memory; the
 spill file is for chunks that side-store pressure forces out early (copier.py),
 never for speculation.
 """
@@ -52,10 +57,14 @@ class Scheduler:
                 return
             chosen = best.plan(self.pool.size, taken)
             is_head = head is not None and key(chosen[0]) == key(head)
-            if not is_head and self.pool.free < 2:
+            if not is_head and self.pool.free - 1 < self._idle_besides(best):
                 return
             best.issue(chosen, head is not None and chosen[0].dataset > head.dataset, self.pool)
             self.peak_held = max(self.peak_held, self.held)
+
+    def _idle_besides(self, reader) -> int:
+        """Exports other than READER with pieces left and no read outstanding: each may need a buffer."""
+        return sum(1 for r in self.readers if r is not reader and not r.queue and r.next_piece is not None)
 
     def taken(self, read) -> None:
         """The copier took every piece of READ: its buffer goes back to the pool."""
