@@ -7,7 +7,8 @@
    controller's peak RSS (the backup runs as the only child of a fresh parent, whose
    RUSAGE_CHILDREN maxrss is then the backup's VmHWM) and its MiB/s.
 2. The same stripe, idle, with both legs on one subsystem and with the legs on two
-   subsystems: backup MiB/s, same bytes, REPEAT runs each (median reported).
+   subsystems: backup MiB/s, same bytes, REPEAT runs each taking turns (median reported).
+   These run first, before the writers dirty the images.
 
 The stream goes to a pipe that discards it (-o -), so the figures are the copy's.
 Images are made once in BENCH_DIR and rewritten in place (see bench/common.py).
@@ -31,7 +32,8 @@ HOST_MEMORY = "64M"
 _MEASURE = (
     "import json, resource, subprocess, sys\n"
     "p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)\n"
-    "print(json.dumps({'rc': p.returncode, 'maxrss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
+    "u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "print(json.dumps({'rc': p.returncode, 'maxrss_kib': u.ru_maxrss, 'cpu_s': u.ru_utime + u.ru_stime,"
     " 'stderr': p.stderr}))\n"
 )
 
@@ -51,6 +53,7 @@ def measured_backup(controls: list[str], *extra) -> dict:
         "peak_rss_mib": round(result["maxrss_kib"] / 1024, 1),
         "mib_s": round(volume / MiB / summary["elapsed_s"], 1),
         "elapsed_s": summary["elapsed_s"],
+        "controller_cpu_s": round(result["cpu_s"], 3),  # near elapsed_s: the controller's one thread is the limit
         "wall_s": round(wall, 3),
         **{k: summary[k] for k in ("pause_ms", "chunks_cow", "chunks_in_order", "chunks_ahead",
                                    "chunks_opportunistic", "spilled_bytes", "peak_host_buffer_bytes",
@@ -87,21 +90,21 @@ def main() -> int:
     leg = args.leg_mib * MiB
     paths = {n: image(f"datasets-{n}", leg, seed=i) for i, n in enumerate("xy")}
     report = {"leg_bytes": leg, "stripe": STRIPE, "host_memory": HOST_MEMORY, "writers": WRITERS}
+    # Idle first, one and two subsystems taking turns over the same image files, so page
+    # cache and writeback treat both alike; then the writers, which dirty the images.
     two = [serve("ds-s1", {"x": paths["x"]}), serve("ds-s2", {"y": paths["y"]})]
-    try:
-        say("two subsystems, writers running")
-        report["two_subsystems_with_writers"] = with_writers(two, leg)
-        say("two subsystems, idle")
-        report["two_subsystems_idle"] = [measured_backup([s.control for s in two]) for _ in range(args.repeat)]
-    finally:
-        for s in two:
-            s.stop()
     one = serve("ds-s", paths)
     try:
-        say("one subsystem, idle")
-        report["one_subsystem_idle"] = [measured_backup([one.control]) for _ in range(args.repeat)]
+        report["one_subsystem_idle"], report["two_subsystems_idle"] = [], []
+        for i in range(args.repeat):
+            say(f"idle, one subsystem then two ({i + 1}/{args.repeat})")
+            report["one_subsystem_idle"].append(measured_backup([one.control]))
+            report["two_subsystems_idle"].append(measured_backup([s.control for s in two]))
+        say("two subsystems, writers running")
+        report["two_subsystems_with_writers"] = with_writers(two, leg)
     finally:
-        one.stop()
+        for s in [*two, one]:
+            s.stop()
     two_rate = statistics.median(r["mib_s"] for r in report["two_subsystems_idle"])
     one_rate = statistics.median(r["mib_s"] for r in report["one_subsystem_idle"])
     report["summary"] = {
