@@ -4,6 +4,7 @@ partitions and concatenations, the order of the stream, refusals, and memory."""
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -184,3 +185,27 @@ def test_memory_with_16M_host_memory_and_two_subsystems_stays_within_the_bound(t
     peak = peak_rss_mib(cmd + ["--dataset", "v=stripe:64K:x,y"])
     assert peak <= 16 + OVERHEAD_MIB, f"controller peak RSS {peak:.1f} MiB"
     assert peak_rss_mib(cmd) <= 16 + OVERHEAD_MIB, "two whole exports, one read ahead of the other"
+
+
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("mkfs.ext4", "e2fsck", "debugfs")),
+                    reason="e2fsprogs is not installed")
+def test_restored_stripe_volume_is_a_file_system_that_checks_clean(tmp_path, serve):
+    content = tmp_path / "content"
+    content.mkdir()
+    (content / "hello.txt").write_text("striped over two subsystems\n" * 1000)
+    volume = tmp_path / "volume.img"
+    with open(volume, "wb") as f:
+        f.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), str(volume)], check=True, capture_output=True)
+    data, stripe = volume.read_bytes(), 64 << 10
+    for leg, name in enumerate("xy"):  # split the volume the way dm-striped lays it on its legs
+        (tmp_path / f"{name}.img").write_bytes(b"".join(
+            data[c * stripe:(c + 1) * stripe] for c in range(leg, len(data) // stripe, 2)))
+    s1 = serve("s1", {"x": tmp_path / "x.img"})
+    s2 = serve("s2", {"y": tmp_path / "y.img"})
+    tzero("backup", "-s", s1.control, "-s", s2.control, "-o", tmp_path / "b.tzb", "--dataset", "fs=stripe:64K:x,y")
+    tzero("restore", tmp_path / "b.tzb", "--dataset", "fs", "--to", tmp_path / "fs.img")
+    fsck = subprocess.run(["e2fsck", "-fn", str(tmp_path / "fs.img")], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    cat = subprocess.run(["debugfs", "-R", "cat /hello.txt", str(tmp_path / "fs.img")], capture_output=True, text=True)
+    assert cat.stdout == "striped over two subsystems\n" * 1000
