@@ -36,18 +36,22 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def _check(args) -> None:
+    """Everything that can be wrong before nbdkit starts, as one line."""
     if shutil.which("nbdkit") is None:
         raise TzeroError("nbdkit is not installed (make setup installs it)")
     if args.backup == "-":
         raise UsageError("serve-backup needs a backup file it can seek in, not standard input")
     with opened_backup(args.backup) as reader:
         reader.read_index()
-        names = [d.name for d in reader.header.datasets]
-    if not names:
-        raise UsageError(f"{args.backup} holds no datasets to serve")
+        if not reader.header.datasets:
+            raise UsageError(f"{args.backup} holds no datasets to serve")
     if args.port is not None and not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: not a TCP port")
+
+
+def run(args) -> int:
+    _check(args)
     sock = None if args.port else os.path.abspath(args.socket or "tzero-backup.sock")
     where = ["-U", sock] if sock else ["-i", "127.0.0.1", "-p", str(args.port)]
     if sock:
