@@ -191,11 +191,12 @@ def read_commits(path) -> list[Commit]:
 
 def host_minus_guest(clock: dict) -> tuple[float, float]:
     """(offset, slack) from a --clock file: guest time = host time - offset, give or take
-    slack (half the drift between the two measurements plus half the worse round trip)."""
+    slack. The offset is the measurement with the shorter round trip (a busy guest may take
+    tens of ms for one); slack is half that round trip plus the difference between the two
+    measurements, which bounds the drift over the run."""
     start, end = clock["start"], clock["end"]
-    offset = (start["offset"] + end["offset"]) / 2
-    slack = abs(end["offset"] - start["offset"]) / 2 + max(start["rtt"], end["rtt"]) / 2
-    return offset, slack
+    best = min(start, end, key=lambda m: m["rtt"])
+    return best["offset"], best["rtt"] / 2 + abs(end["offset"] - start["offset"])
 
 
 def counter_bounds(commits: list[Commit], t0: float, slack: float = 0.0) -> tuple[int, int | None]:

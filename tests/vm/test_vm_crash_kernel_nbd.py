@@ -114,5 +114,6 @@ def test_write_stall_around_time_zero_is_reported(run):
     against the workload's normal p99 before the backup started."""
     figures = dbload.stall_figures(run.commits, run.t0, float(run.verdict.value("BACKUP_START")))
     figures["pause_ms"] = run.backup["pause_ms"]
+    figures["chunks_cow"] = run.backup["chunks_cow"]
     print(f"kernel NBD in the guest: {json.dumps(figures)}")
     assert figures["around_commits"] >= 1

@@ -209,7 +209,8 @@ def test_restored_counter_lies_at_time_zero(story):
     lo, hi = dbload.counter_bounds(story.commits, story.t0, story.slack)
     assert hi is not None, "no commit was acknowledged after time zero"
     assert lo <= counter <= hi, f"counter {counter} outside [{lo}, {hi}] (slack {story.slack * 1e3:.1f} ms)"
-    assert story.slack < 0.05, f"the clock offset is uncertain by {story.slack:.3f} s"
+    # The slack only widens the bounds; past half a second the clock measurement is broken.
+    assert story.slack < 0.5, f"the clock offset is uncertain by {story.slack:.3f} s"
 
 
 def test_killed_controller_was_mid_copy(story):
@@ -224,6 +225,7 @@ def test_killed_controller_sessions_end_aborted_on_both_subsystems(story):
     """`tzero status` on each subsystem: no session, the last one aborted, its side store freed."""
     for last in story.ended:
         assert last["phase"] == "aborted", last
+        assert "control connection closed" in last["abort_reason"]
         assert last["side_memory_bytes"] == 0 and last["side_spill_bytes"] == 0
 
 
@@ -246,6 +248,7 @@ def test_write_stall_around_time_zero_is_reported(story):
     zero against the workload's normal p99 before the backup started."""
     figures = dbload.stall_figures(story.commits, story.t0, story.backup_started)
     figures["pause_ms"] = story.backup["pause_ms"]
+    figures["chunks_cow"] = story.backup["chunks_cow"]
     figures["clock_slack_ms"] = round(story.slack * 1e3, 2)
     print(f"dm-striped volume over two host subsystems: {json.dumps(figures)}")
     assert figures["around_commits"] >= 1

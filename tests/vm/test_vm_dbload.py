@@ -43,10 +43,10 @@ def test_read_commits_refuses_a_gap(tmp_path):
         dbload.read_commits(log)
 
 
-def test_host_minus_guest_averages_and_widens_by_drift_and_round_trip():
-    clock = {"start": {"offset": 0.30, "rtt": 0.002, "guest": 0}, "end": {"offset": 0.31, "rtt": 0.004, "guest": 9}}
+def test_host_minus_guest_trusts_the_shorter_round_trip_widened_by_the_drift():
+    clock = {"start": {"offset": 0.30, "rtt": 0.040, "guest": 0}, "end": {"offset": 0.301, "rtt": 0.002, "guest": 9}}
     offset, slack = dbload.host_minus_guest(clock)
-    assert offset == pytest.approx(0.305) and slack == pytest.approx(0.005 + 0.002)
+    assert offset == pytest.approx(0.301) and slack == pytest.approx(0.001 + 0.001)
 
 
 def test_stall_figures_compare_the_window_with_the_baseline():
