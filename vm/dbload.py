@@ -216,11 +216,14 @@ def percentile(values: list[float], q: float) -> float:
 def stall_figures(commits: list[Commit], t0: float, baseline_before: float, window: float = 1.0) -> dict:
     """The longest commit latency among transactions overlapping [T0-WINDOW, T0+WINDOW]
     against the latencies of transactions acknowledged before BASELINE_BEFORE (the backup's
-    start): the write stall the application saw around time zero, and its normal."""
+    start): the write stall the application saw around time zero, and its normal. Also the
+    latency of the commit in flight at T0 itself (None if T0 fell between two)."""
     around = [c for c in commits if c.end >= t0 - window and c.begin <= t0 + window]
     baseline = [c.latency for c in commits if c.end < baseline_before]
     worst = max(around, key=lambda c: c.latency)
-    return {"around_max_ms": round(worst.latency * 1e3, 2),
+    spanning = [c.latency for c in commits if c.begin <= t0 <= c.end]
+    return {"at_t0_ms": round(spanning[0] * 1e3, 2) if spanning else None,
+            "around_max_ms": round(worst.latency * 1e3, 2),
             "around_max_begins_ms_after_t0": round((worst.begin - t0) * 1e3, 2),
             "around_commits": len(around),
             "baseline_p50_ms": round(percentile(baseline, 0.50) * 1e3, 2),

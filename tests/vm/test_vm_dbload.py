@@ -53,6 +53,7 @@ def test_stall_figures_compare_the_window_with_the_baseline():
     log = commits(*[(t, t + 0.01) for t in range(100)], (100.0, 100.5), (100.5, 100.51))
     figures = dbload.stall_figures(log, t0=100.2, baseline_before=50)
     assert figures["around_max_ms"] == pytest.approx(500) and figures["around_commits"] == 2
+    assert figures["at_t0_ms"] == pytest.approx(500)
     assert figures["baseline_p99_ms"] == pytest.approx(10) and figures["baseline_commits"] == 50
 
 
