@@ -11,7 +11,9 @@
    These run first, before the writers dirty the images.
 
 The stream goes to a pipe that discards it (-o -), so the figures are the copy's.
-Images are made once in BENCH_DIR and rewritten in place (see bench/common.py).
+Images are made once in BENCH_DIR and rewritten in place (see bench/common.py). Run it
+alone, or with a BENCH_DIR of its own: bench/run.py removes its BENCH_DIR when done,
+sockets of a running subsystem included.
 """
 
 import argparse
