@@ -31,9 +31,11 @@ truncate -s {DISK} /tmp/disk.img
 tz serve --control /tmp/s.ctl --socket /tmp/s.sock --pidfile /tmp/s.pid --side-dir /tmp \\
     disk=/tmp/disk.img > /run/job/serve.log 2>&1 &
 {wait_for_file_sh("/tmp/s.pid", 60)}
+echo "@@tzero SERVING"
 tz attach --device /dev/nbd0 "nbd+unix:///disk?socket=/tmp/s.sock" > /run/job/attach.out 2>&1 || exit 10
 mkfs.ext4 -q /dev/nbd0 || exit 11
 mkdir -p /tmp/fs && mount /dev/nbd0 /tmp/fs || exit 12
+echo "@@tzero MOUNTED"
 {DBLOAD} run --db /tmp/fs/db.sqlite --log /run/job/commits.log --stop /tmp/stop \\
     --ready-file /tmp/ready --ready-after {READY_AFTER} > /run/job/workload.out 2>&1 &
 load=$!
@@ -116,4 +118,5 @@ def test_write_stall_around_time_zero_is_reported(run):
     figures["pause_ms"] = run.backup["pause_ms"]
     figures["chunks_cow"] = run.backup["chunks_cow"]
     print(f"kernel NBD in the guest: {json.dumps(figures)}")
+    print("guest timeline (s from QEMU start):", " ".join(f"{m.name}@{m.at:.1f}" for m in run.verdict.markers))
     assert figures["around_commits"] >= 1

@@ -143,6 +143,7 @@ def story(module_job, tmp_path_factory):
             out = tzero("backup", *[a for s in subs for a in ("-s", s.control)], "--dataset", STRIPE,
                         "-o", work / "vol.tz", "--json", "--no-progress")
             backup = last_json(out.stdout)
+            (module_job / "backup.json").write_text(out.stdout)   # kept for a post-mortem
             wait_commits(log, commit_count(log) + COMMITS_AFTER, "after the backup")
             kill = backup_killed_mid_copy(subs, log)
             ended = ended_sessions(subs, kill.sessions)
@@ -251,4 +252,5 @@ def test_write_stall_around_time_zero_is_reported(story):
     figures["chunks_cow"] = story.backup["chunks_cow"]
     figures["clock_slack_ms"] = round(story.slack * 1e3, 2)
     print(f"dm-striped volume over two host subsystems: {json.dumps(figures)}")
+    print("guest timeline (s from QEMU start):", " ".join(f"{m.name}@{m.at:.1f}" for m in story.verdict.markers))
     assert figures["around_commits"] >= 1
