@@ -182,9 +182,15 @@ class FioLoad:
 
 
 def iops_between(samples, t0: float, t1: float) -> float:
-    """Mean IOPS over the 100 ms samples that end within [T0, T1]."""
-    inside = [v for t, v in samples if t0 + 0.1 <= t <= t1]
-    return sum(inside) / len(inside) if inside else 0.0
+    """Mean IOPS over [T0, T1] from 100 ms samples (each ends at its time), weighted by overlap,
+    so that a window shorter than a sample still gets a figure."""
+    done = span = 0.0
+    for t, v in samples:
+        overlap = min(t, t1) - max(t - 0.1, t0)
+        if overlap > 0:
+            done += v * overlap
+            span += overlap
+    return done / span if span else 0.0
 
 
 def percentile(values, p: float) -> float:

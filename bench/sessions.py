@@ -14,7 +14,7 @@ For every backup:
 - through the copy: writes per second relative to the quiet stretch before, p99 and
   max write latency, and how long the copy took.
 
-Two shapes: 2 subsystems x 1 export x 1 GiB (QSD: one daemon, 2 exports), and
+Two shapes: 2 subsystems x 1 export x 256 MiB (QSD: one daemon, 2 exports), and
 2 subsystems x 4 exports x 64 MiB (8 exports). A plot sample (the write latencies
 of one backup per system) goes to results/timeline.json for bench/report.py.
 """
@@ -146,7 +146,7 @@ def main() -> int:
     out = {"bench": "sessions", "writers": WRITERS, "note": __doc__.split("\n\n")[1]}
     with Stopper() as stopper:
         out["two_exports"], samples = compare("two", two, 10, stopper)
-        out["two_exports"]["shape"] = "2 subsystems x 1 export x 1 GiB; QSD: one daemon, 2 exports"
+        out["two_exports"]["shape"] = "2 subsystems x 1 export x 256 MiB; QSD: one daemon, 2 exports"
         stopper.__exit__()
         out["eight_exports"], _ = compare("eight", eight, 10, stopper)
         out["eight_exports"]["shape"] = "2 subsystems x 4 exports x 64 MiB; QSD: one daemon, 8 exports"

@@ -172,6 +172,7 @@ def main() -> int:
             **{f"p99_ms_{ph}": max(r[ph]["lat_p99_ms"] for r in runs) for ph in ("none", "held", "copying", "after")},
             **{f"max_ms_{ph}": max(r[ph]["lat_max_ms"] for r in runs) for ph in ("none", "held", "copying", "after")},
             "backup_mib_s_under_load": mean(r["copying"]["backup_mib_s"] for r in runs),
+            "copy_s": mean(r["copying"]["backup"]["elapsed_s"] for r in runs),
             "backup_mib_s_idle": SIZE / MiB * ROUNDS / sum(s[name]["elapsed_s"] for s in speed),
         }
         summary[name]["held_vs_none"] = summary[name]["iops_held"] / summary[name]["iops_none"]
