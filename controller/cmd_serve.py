@@ -61,7 +61,7 @@ def run(args) -> int:
     try:
         if _wait_ready(proc, config.control, nbd_socket, args.port) and args.pidfile:
             _write_pidfile(args.pidfile)
-        status = proc.wait()
+        status = _wait_stopped(proc, stopping)
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -77,6 +77,24 @@ def run(args) -> int:
     if status != 0:
         raise TzeroError(f"nbdkit exited with status {status}")
     return 0
+
+
+def _wait_stopped(proc, stopping: list) -> int:
+    """nbdkit's exit status. Once asked to stop, give it STOP_TIMEOUT_S, then kill it:
+    nbdkit 1.32 does not exit on SIGTERM while a client keeps an idle connection open."""
+    asked_at = None
+    while True:
+        try:
+            return proc.wait(0.2)
+        except subprocess.TimeoutExpired:
+            pass
+        if stopping and asked_at is None:
+            asked_at = time.monotonic()
+        if asked_at is not None and time.monotonic() - asked_at > STOP_TIMEOUT_S:
+            print("tzero: nbdkit did not stop within "
+                  f"{STOP_TIMEOUT_S:g} s of SIGTERM (a client still connected?); killing it", file=sys.stderr)
+            proc.kill()
+            return proc.wait()
 
 
 def _checked_config(args) -> PluginConfig:
