@@ -22,13 +22,16 @@ gathered (at most RECORD_BYTES), the ledger (4 bytes per chunk) and the stream
 index (32 bytes per record) come on top, as fixed overhead.
 """
 
+from collections import deque
+from itertools import islice
+
 import nbd
 
 from controller.errors import SessionAborted, UsageError
 from controller.layout import pieces, pieces_at
 from controller.ledger import Ledger
 from controller.plan import recheck_partitions
-from controller.reader import BufferPool, ViewReader, connect, wait
+from controller.reader import CONNECTIONS_PER_VIEW, BufferPool, ViewReader, connect, wait
 from controller.records import RecordAssembler
 from controller.reorder import ReorderBuffer
 from controller.scheduler import Scheduler, key
@@ -104,11 +107,22 @@ class Copier:
         return self.stats
 
     def _open_view(self, export: str, member) -> ViewReader:
-        h = connect(member.nbd, member.views[export])
         size = next(e["size"] for e in member.exports if e["name"] == export)
-        if h.get_size() != size:
-            raise SessionAborted(f"view {member.views[export]} is {h.get_size()} bytes, expected {size}")
-        return ViewReader(export, h, pieces(self.plan.datasets, self.chunk, export))
+        handles = []
+        try:
+            for _ in range(CONNECTIONS_PER_VIEW):
+                h = connect(member.nbd, member.views[export])
+                handles.append(h)
+                if h.get_size() != size:
+                    raise SessionAborted(f"view {member.views[export]} is {h.get_size()} bytes, expected {size}")
+        except BaseException:
+            for h in handles:
+                try:
+                    h.shutdown()
+                except nbd.Error:
+                    pass
+            raise
+        return ViewReader(export, handles, pieces(self.plan.datasets, self.chunk, export))
 
     def _taken(self, p) -> bool:
         """True for a piece that needs no read: already written (before the head), or fetched early."""
@@ -120,7 +134,8 @@ class Copier:
     # --- the stream, in order -------------------------------------------------
 
     def _copy(self) -> None:
-        for head in pieces(self.plan.datasets, self.chunk):
+        stream = pieces(self.plan.datasets, self.chunk)
+        for head in stream:
             self._head = head
             self.group.check()
             if any(m.pressure for m in self.plan.owner.values()):
@@ -129,30 +144,69 @@ class Copier:
                 data = self.buffer.take(key(head))
                 self._emit(head, data)
                 continue
-            self._emit_from_read(head, self.readers[head.export])
+            last, more = self._emit_from_read(head, self.readers[head.export])
+            if more:
+                skipped = deque(islice(stream, more), maxlen=1)
+                assert key(skipped[0]) == key(last), "a run emitted from one read is the stream's next pieces"
         self._head = None
 
-    def _emit_from_read(self, head, reader: ViewReader) -> None:
-        self.scheduler.fill(head, self._taken)
-        self._note_peak()
-        read = reader.queue[0]
-        assert key(read.pieces[0]) == key(head), "an export's reads hold its pieces in stream order"
-        while not read.done:
-            for r, completed in wait(list(self.readers.values())):
-                for p in completed.pieces:
-                    self._settled(r.export, self.ledger.settle(r.export, p.physical, p.length))
+    def _emit_from_read(self, head, reader: ViewReader):
+        """Emit HEAD and whatever follows it in the stream from the same read; returns the last
+        piece emitted and how many were emitted after HEAD (the caller skips that many)."""
+        read = reader.queue[0] if reader.queue else None
+        if read is None or not read.done:
+            # Reads are issued only here and when a buffer comes back: while the head's read
+            # is done and held, nothing has changed that could let fill() issue another.
             self.scheduler.fill(head, self._taken)
             self._note_peak()
-        piece = read.pieces.popleft()
-        lo = piece.physical - read.physical
-        zero = read.buf.is_zero(lo, piece.length)
-        self._emit(piece, None if zero else memoryview(read.data)[lo:lo + piece.length], read, lo)
-        self.stats["chunks_ahead" if read.ahead else "chunks_in_order"] += 1
+            read = reader.queue[0]
+            while not read.done:
+                for r, completed in wait(list(self.readers.values())):
+                    # A read covers physically contiguous pieces: settle them as one range.
+                    self._settled(r.export, self.ledger.settle(r.export, completed.physical, completed.length))
+                self.scheduler.fill(head, self._taken)
+                self._note_peak()
+        assert key(read.pieces[0]) == key(head), "an export's reads hold its pieces in stream order"
+        # The head and the pieces after it in the same read that are also next in the stream
+        # (the same dataset, logically adjacent: nothing can come between them) go out now.
+        piece, more = head, 0
+        run = None  # the first of the non-zero pieces not added to the record yet
+        while True:
+            read.pieces.popleft()
+            if read.buf.is_zero(piece.physical - read.physical, piece.length):
+                self._emit_run(read, run, piece.physical)
+                run = None
+                self._emit(piece, None)
+            elif run is None:
+                run = piece
+            if not read.pieces:
+                break
+            nxt = read.pieces[0]
+            if nxt.dataset != piece.dataset or nxt.logical != piece.logical + piece.length:
+                break
+            piece = nxt
+            more += 1
+        self._emit_run(read, run, piece.physical + piece.length)
+        self.stats["chunks_ahead" if read.ahead else "chunks_in_order"] += more + 1
         if not read.pieces:
             reader.queue.popleft()
             self.records.release(read)
             self.scheduler.taken(read)
             self.stats["bytes_read"] += read.length
+            self._head = piece
+            self.scheduler.fill(piece, self._taken)  # its buffer may start the next read at once
+            self._note_peak()
+        return piece, more
+
+    def _emit_run(self, read, first, end) -> None:
+        """Add READ's bytes from piece FIRST (None: nothing to add) up to physical offset END as one
+        run: the pieces in it are adjacent in the stream and none is all zero."""
+        if first is None:
+            return
+        lo, n = first.physical - read.physical, end - first.physical
+        self.records.add(first.dataset, first.logical, memoryview(read.data)[lo:lo + n], read, lo)
+        self._done_bytes += n
+        self.progress(self._done_bytes)
 
     def _emit(self, piece, data, source=None, at=0) -> None:
         """Add PIECE's DATA (None when all zero) to the stream; SOURCE/AT: see RecordAssembler.add."""

@@ -1,11 +1,14 @@
-"""Reading time-zero views: one libnbd handle per export, all multiplexed in one thread.
+"""Reading time-zero views: a few libnbd handles per export, all multiplexed in one thread.
 
-Every export of the backup gets its own NBD connection to its view, so exports
-on different subsystems (different nbdkit processes) are read in parallel, and
-so are exports of one subsystem (nbdkit serves each connection with its own
-worker). `wait` polls the sockets of every handle with commands in flight and
-lets libnbd progress on whichever is ready: the copier's thread is never stuck
-on one subsystem while another has data for it.
+Every export of the backup gets its own NBD connections to its view
+(CONNECTIONS_PER_VIEW), so exports on different subsystems (different nbdkit
+processes) are read in parallel, and so are exports of one subsystem and the
+reads of one export: nbdkit serves each connection with its own worker, one
+request at a time, so a single connection leaves the server's other workers
+idle. A view is read-only and the plugin advertises multi-conn, so every
+connection sees the same bytes. `wait` polls the sockets of every handle with
+commands in flight and lets libnbd progress on whichever is ready: the
+copier's thread is never stuck on one connection while another has data for it.
 
 A Read owns a slot of the BufferPool from issue until the copier has taken all
 of its pieces; `pieces` are consumed from the front, in the export's stream order.
@@ -19,28 +22,44 @@ import nbd
 
 from controller.layout import Piece
 
+# Connections to each view. nbdkit runs one worker per connection (--threads 1), so
+# this is how many of the view's reads the server works on at once. Measured on the
+# idle 1 GiB bench (2 cores): see docs/datasets.md.
+CONNECTIONS_PER_VIEW = 2
+
 
 class BufferPool:
-    """COUNT buffers of SIZE bytes, made once and reused by every read.
+    """At most COUNT buffers of SIZE bytes, each made on first need and then reused.
 
     Why a pool: libnbd 1.14's Python aio_pread keeps a reference to every buffer
     it is given and never drops it, so a fresh buffer per read would leak all of
     them. Reused buffers leak nothing, and the pool bounds read memory by itself.
+    Buffers are made lazily (an idle backup of one export uses about MAX_DEPTH of
+    them), and the most recently given back is taken first, so the few in use stay
+    warm; never more than COUNT exist.
     """
 
     def __init__(self, size: int, count: int):
         assert count >= 1, "pool_shape gives one buffer per export and one more"
         self.size = size
-        self._free = [bytearray(size) for _ in range(count)]
-        self._whole = {id(b): nbd.Buffer.from_buffer(b) for b in self._free}
+        self._free: list[bytearray] = []  # made, not in use
+        self._unmade = count  # buffers the bound still allows to be made
+        self._whole: dict[int, object] = {}  # id(buffer) -> nbd.Buffer of all of it
 
     @property
     def free(self) -> int:
-        return len(self._free)
+        """Buffers a read may take now: those given back and those not made yet."""
+        return len(self._free) + self._unmade
 
     def take(self, length: int) -> tuple[bytearray, object]:
         """A buffer and the nbd.Buffer for its first LENGTH bytes."""
-        data = self._free.pop()
+        if self._free:
+            data = self._free.pop()
+        else:
+            assert self._unmade > 0, "the scheduler takes a buffer only while one is free"
+            self._unmade -= 1
+            data = bytearray(self.size)
+            self._whole[id(data)] = nbd.Buffer.from_buffer(data)
         if length == self.size:
             return data, self._whole[id(data)]
         # A view per short read: what aio_pread keeps of it is a small object, not the buffer.
@@ -58,6 +77,7 @@ class Read:
     length: int
     pieces: deque  # of Piece, the ones not yet taken by the copier
     ahead: bool  # issued for a later dataset than the one being written then
+    handle: object = None  # the connection it was issued on
     data: bytearray = field(default=None)
     buf: object = None  # nbd.Buffer sharing `data`
     cookie: int = 0
@@ -76,11 +96,15 @@ def connect(where: dict, export: str) -> nbd.NBD:
 
 
 class ViewReader:
-    """The reads of one export's view, in issue order (which is its stream order)."""
+    """The reads of one export's view, in issue order (which is its stream order), spread
+    over HANDLES (one or several connections to the view). Completion order across
+    connections is free; the copier takes reads from the front of `queue` only."""
 
-    def __init__(self, export: str, handle: nbd.NBD, pieces):
+    def __init__(self, export: str, handles, pieces):
         self.export = export
-        self.handle = handle
+        self.handles = list(handles) if isinstance(handles, (list, tuple)) else [handles]
+        self.handle = self.handles[0]  # for the few synchronous reads
+        self._busy = {id(h): 0 for h in self.handles}  # reads in flight per connection
         self._pieces = pieces  # iterator over this export's pieces in stream order
         self._look: deque[Piece] = deque()  # pulled from _pieces, not issued yet
         self.queue: deque[Read] = deque()  # issued, oldest first
@@ -122,8 +146,10 @@ class ViewReader:
         buffer of POOL, and advance past it."""
         length = sum(p.length for p in chosen)
         data, buf = pool.take(length)
-        r = Read(chosen[0].physical, length, deque(chosen), ahead, data, buf)
-        r.cookie = self.handle.aio_pread(r.buf, r.physical)
+        h = min(self.handles, key=lambda h: self._busy[id(h)])  # the least loaded connection
+        r = Read(chosen[0].physical, length, deque(chosen), ahead, h, data, buf)
+        r.cookie = h.aio_pread(r.buf, r.physical)
+        self._busy[id(h)] += 1
         for _ in chosen:
             self._look.popleft()
         self.queue.append(r)
@@ -134,9 +160,10 @@ class ViewReader:
         """Mark completed reads done and return them; a failed read raises nbd.Error."""
         completed = []
         for r in self.queue:
-            if not r.done and self.handle.aio_command_completed(r.cookie):
+            if not r.done and r.handle.aio_command_completed(r.cookie):
                 r.done = True
                 self.in_flight -= 1
+                self._busy[id(r.handle)] -= 1
                 completed.append(r)
         return completed
 
@@ -144,11 +171,16 @@ class ViewReader:
         """A synchronous read, for the few that do not go through the queue."""
         return self.handle.pread(length, offset)
 
+    def busy_handles(self) -> list:
+        """The connections with reads in flight."""
+        return [h for h in self.handles if self._busy[id(h)]]
+
     def close(self) -> None:
-        try:
-            self.handle.shutdown()
-        except nbd.Error:
-            pass  # the view may already be gone with its session
+        for h in self.handles:
+            try:
+                h.shutdown()
+            except nbd.Error:
+                pass  # the view may already be gone with its session
 
 
 def wait(readers: list[ViewReader], timeout_ms: int = 1000) -> list[tuple[ViewReader, Read]]:
@@ -163,15 +195,16 @@ def wait(readers: list[ViewReader], timeout_ms: int = 1000) -> list[tuple[ViewRe
     poller = select.poll()
     fds = {}
     for r in busy:
-        fd = r.handle.aio_get_fd()
-        direction = r.handle.aio_get_direction()
-        events = (select.POLLIN if direction & nbd.AIO_DIRECTION_READ else 0) | \
-                 (select.POLLOUT if direction & nbd.AIO_DIRECTION_WRITE else 0)
-        if events:
-            poller.register(fd, events)
-            fds[fd] = r
+        for h in r.busy_handles():
+            direction = h.aio_get_direction()
+            events = (select.POLLIN if direction & nbd.AIO_DIRECTION_READ else 0) | \
+                     (select.POLLOUT if direction & nbd.AIO_DIRECTION_WRITE else 0)
+            if events:
+                fd = h.aio_get_fd()
+                poller.register(fd, events)
+                fds[fd] = h
     for fd, revents in poller.poll(timeout_ms):
-        h = fds[fd].handle
+        h = fds[fd]
         if revents & (select.POLLIN | select.POLLHUP | select.POLLERR):
             h.aio_notify_read()
         if revents & select.POLLOUT:

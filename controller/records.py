@@ -28,14 +28,15 @@ class RecordAssembler:
         if not self._length:
             self._ds, self._start, self._length = dataset, logical, n
             self._data, self._source, self._at = data, source, at
-            return
-        if source is not None and source is self._source and at == self._at + self._length:
+        elif source is not None and source is self._source and at == self._at + self._length:
             self._length += n
             self._data = memoryview(source.data)[self._at:self._at + self._length]
-            return
-        self._own()
-        self._data += data
-        self._length += n
+        else:
+            self._own()
+            self._data += data
+            self._length += n
+        if self._length >= self.limit:
+            self.flush()  # now, while a borrowed run can still be written without a copy
 
     def release(self, source) -> None:
         """SOURCE's buffer is about to be reused: stop borrowing from it."""
