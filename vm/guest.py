@@ -201,7 +201,7 @@ class Guest:
 
     def command(self) -> list[str]:
         """The QEMU command line this guest runs."""
-        words = {**self.env, "tz_script": "/run/job/script"}
+        words = {**self.env, "tz_script": "/run/job/script", "tz_repo": str(REPO)}
         for name, value in words.items():
             if not _KERNEL_WORD.fullmatch(f"{name}={value}"):
                 raise ValueError(f"env {name}={value!r} is not one kernel command-line word")
@@ -214,7 +214,9 @@ class Guest:
                 "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,"
                            "readonly=on,multidevs=remap",
                 "-virtfs", f"local,path={_qemu_escape(self.job_dir)},mount_tag=job,"
-                           "security_model=none,multidevs=remap"]
+                           "security_model=none,multidevs=remap",
+                "-virtfs", f"local,path={_qemu_escape(REPO)},mount_tag=repo,security_model=none,"
+                           "readonly=on,multidevs=remap"]
         for i, disk in enumerate(self.disks):
             argv += disk.qemu_args(f"disk{i}")
         return argv + self.extra

@@ -23,6 +23,17 @@ needs_nbdkit = pytest.mark.skipif(shutil.which("nbdkit") is None, reason="nbdkit
 MiB = 1 << 20
 
 
+def _accepts(path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 @pytest.fixture
 def nbdkit(tmp_path):
     """Factory: nbdkit(*args) -> socket path of an nbdkit serving ARGS in the foreground."""
@@ -34,10 +45,11 @@ def nbdkit(tmp_path):
                                 stderr=subprocess.PIPE)
         procs.append((proc, sock))
         deadline = time.monotonic() + 20
-        while not sock.exists():
+        # The socket file appears at bind, before nbdkit listens: wait until it accepts.
+        while not _accepts(sock):
             if proc.poll() is not None:
                 raise AssertionError(f"nbdkit {args} exited: {proc.stderr.read().decode()}")
-            assert time.monotonic() < deadline, "nbdkit did not create its socket in 20 s"
+            assert time.monotonic() < deadline, "nbdkit did not accept connections in 20 s"
             time.sleep(0.02)
         return str(sock)
 
