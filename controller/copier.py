@@ -161,9 +161,7 @@ class Copier:
             self._note_peak()
             read = reader.queue[0]
             while not read.done:
-                for r, completed in wait(list(self.readers.values())):
-                    # A read covers physically contiguous pieces: settle them as one range.
-                    self._settled(r.export, self.ledger.settle(r.export, completed.physical, completed.length))
+                self._pump()
                 self.scheduler.fill(head, self._taken)
                 self._note_peak()
         assert key(read.pieces[0]) == key(head), "an export's reads hold its pieces in stream order"
@@ -197,6 +195,15 @@ class Copier:
             self.scheduler.fill(piece, self._taken)  # its buffer may start the next read at once
             self._note_peak()
         return piece, more
+
+    def _pump(self) -> None:
+        """Wait for some reads to complete and take note of them: their bytes are in memory."""
+        for r, completed in wait(list(self.readers.values())):
+            if completed.aside:
+                self._park(r, completed)
+            else:
+                # A read covers physically contiguous pieces: settle them as one range.
+                self._settled(r.export, self.ledger.settle(r.export, completed.physical, completed.length))
 
     def _emit_run(self, read, first, end) -> None:
         """Add READ's bytes from piece FIRST (None: nothing to add) up to physical offset END as one
@@ -238,20 +245,49 @@ class Copier:
         first = reader.next_piece
         if first is None:
             return
-        run, last = [], None
+        runs, run, last = [], [], None
         for c in chunks:
             wanted = [p for p in pieces_at(self.plan.datasets, reader.export, c * self.chunk, self.chunk)
                       if key(p) >= key(first) and key(p) not in self.buffer]
             if not wanted:
                 continue
             if run and (c != last + 1 or (c - run[0].physical // self.chunk + 1) * self.chunk > self.request_bytes):
-                self._fetch_run(reader, run)
+                runs.append(run)
                 run = []
             run += wanted
             last = c
         if run:
-            self._fetch_run(reader, run)
+            runs.append(run)
+        self._fetch_runs(reader, runs)
         self._release_all()
+
+    def _fetch_runs(self, reader: ViewReader, runs: list) -> None:
+        """Fetch RUNS (lists of pieces, each within one request) concurrently, over every connection
+        of READER, into pool buffers the scheduler can spare (it keeps one for every idle export and
+        one more, scheduler.py); with none to spare and none of ours in flight, synchronously."""
+        todo = deque(runs)
+        while todo or reader.aside:
+            while todo and self.pool.free - 1 > self.scheduler.idle_exports():
+                wanted = todo.popleft()
+                lo = min(p.physical for p in wanted)
+                reader.issue_aside(wanted, lo, max(p.physical + p.length for p in wanted) - lo, self.pool)
+                self._note_peak()
+            if reader.aside:
+                self._pump()
+            elif todo:
+                self._fetch_run(reader, todo.popleft())
+
+    def _park(self, reader: ViewReader, read) -> None:
+        """READ, fetched aside, completed: its pieces go to the reorder buffer, its buffer back."""
+        for p in read.pieces:
+            lo = p.physical - read.physical
+            zero = read.buf.is_zero(lo, p.length)
+            self.buffer.put(key(p), None if zero else memoryview(read.data)[lo:lo + p.length])
+            self.stats["chunks_opportunistic"] += 1
+            self._settled(reader.export, self.ledger.settle(reader.export, p.physical, p.length))
+        self.stats["bytes_read"] += read.length
+        self.scheduler.taken(read)
+        self._note_peak()
 
     def _fetch_run(self, reader: ViewReader, wanted: list) -> None:
         lo = min(p.physical for p in wanted)

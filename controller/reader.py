@@ -82,6 +82,7 @@ class Read:
     buf: object = None  # nbd.Buffer sharing `data`
     cookie: int = 0
     done: bool = False
+    aside: bool = False  # saved chunks fetched out of order (issue_aside), not in the queue
 
 
 def connect(where: dict, export: str) -> nbd.NBD:
@@ -108,7 +109,8 @@ class ViewReader:
         self._pieces = pieces  # iterator over this export's pieces in stream order
         self._look: deque[Piece] = deque()  # pulled from _pieces, not issued yet
         self.queue: deque[Read] = deque()  # issued, oldest first
-        self.in_flight = 0
+        self.aside: list[Read] = []  # issued by issue_aside, not completed yet
+        self.in_flight = 0  # reads of the queue and aside not completed yet
 
     def _peek(self, i: int) -> Piece | None:
         while len(self._look) <= i:
@@ -145,14 +147,27 @@ class ViewReader:
         """Start the read of CHOSEN (as plan() returned it, at most pool.size bytes) into a
         buffer of POOL, and advance past it."""
         length = sum(p.length for p in chosen)
-        data, buf = pool.take(length)
-        h = min(self.handles, key=lambda h: self._busy[id(h)])  # the least loaded connection
-        r = Read(chosen[0].physical, length, deque(chosen), ahead, h, data, buf)
-        r.cookie = h.aio_pread(r.buf, r.physical)
-        self._busy[id(h)] += 1
+        r = self._start(chosen[0].physical, length, chosen, ahead, pool)
         for _ in chosen:
             self._look.popleft()
         self.queue.append(r)
+        return r
+
+    def issue_aside(self, wanted: list[Piece], physical: int, length: int, pool: BufferPool) -> Read:
+        """Start a read of LENGTH bytes at PHYSICAL (at most pool.size) for WANTED, pieces not issued
+        yet that lie in it (saved chunks fetched out of order). It stays out of the queue: reap
+        returns it like the others, and its buffer goes back to POOL when the caller is done."""
+        r = self._start(physical, length, wanted, False, pool)
+        r.aside = True
+        self.aside.append(r)
+        return r
+
+    def _start(self, physical: int, length: int, pieces, ahead: bool, pool: BufferPool) -> Read:
+        data, buf = pool.take(length)
+        h = min(self.handles, key=lambda h: self._busy[id(h)])  # the least loaded connection
+        r = Read(physical, length, deque(pieces), ahead, h, data, buf)
+        r.cookie = h.aio_pread(r.buf, r.physical)
+        self._busy[id(h)] += 1
         self.in_flight += 1
         return r
 
@@ -161,10 +176,16 @@ class ViewReader:
         completed = []
         for r in self.queue:
             if not r.done and r.handle.aio_command_completed(r.cookie):
-                r.done = True
-                self.in_flight -= 1
-                self._busy[id(r.handle)] -= 1
                 completed.append(r)
+        if self.aside:
+            waiting = []
+            for r in self.aside:
+                (completed if r.handle.aio_command_completed(r.cookie) else waiting).append(r)
+            self.aside = waiting
+        for r in completed:
+            r.done = True
+            self.in_flight -= 1
+            self._busy[id(r.handle)] -= 1
         return completed
 
     def pread(self, length: int, offset: int) -> bytes:

@@ -62,6 +62,10 @@ class Scheduler:
             best.issue(chosen, head is not None and chosen[0].dataset > head.dataset, self.pool)
             self.peak_held = max(self.peak_held, self.held)
 
+    def idle_exports(self) -> int:
+        """Exports with pieces left and no read outstanding: each may need a buffer for its head."""
+        return sum(1 for r in self.readers if not r.queue and r.next_piece is not None)
+
     def _idle_besides(self, reader) -> int:
         """Exports other than READER with pieces left and no read outstanding: each may need a buffer."""
         return sum(1 for r in self.readers if r is not reader and not r.queue and r.next_piece is not None)
