@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vm.guest import Disk, Guest, KitMissing
+from vm.guest import REPO, Disk, Guest, KitMissing
 
 
 @pytest.fixture
@@ -30,11 +30,14 @@ def test_guest_without_kit_says_make_vm(tmp_path):
         Guest("true", job_dir=tmp_path / "job", kit=tmp_path / "nokit")
 
 
-def test_guest_command_shares_host_root_read_only_and_job_dir_writable(tmp_path, fake_kit):
+def test_guest_command_shares_host_root_and_repo_read_only_and_job_dir_writable(tmp_path, fake_kit):
     argv = Guest("true", job_dir=tmp_path / "job", kit=fake_kit).command()
-    hostroot, job = option_values(argv, "-virtfs")
+    hostroot, job, repo = option_values(argv, "-virtfs")
     assert "path=/," in hostroot and "readonly=on" in hostroot
     assert f"path={tmp_path / 'job'}," in job and "readonly" not in job
+    assert f"path={REPO}," in repo and "mount_tag=repo" in repo and "readonly=on" in repo
+    (append,) = option_values(argv, "-append")
+    assert f"tz_repo={REPO}" in append.split(), "the guest mounts the repo at its own path"
     assert {"-no-reboot", "-nographic"} <= set(argv)
     assert option_values(argv, "-accel") == ["tcg,thread=multi"]
 
