@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import nbd
+
 from controller.local_subsystem import LocalSubsystem
 from controller.workload import make_image  # noqa: F401  (tests import it from here)
 
@@ -42,6 +44,15 @@ class Subsystem(LocalSubsystem):
 
     def status(self) -> dict:
         return last_json(tzero("status", self.control, "--json").stdout)
+
+    def connect(self, export: str, allocation: bool = False) -> nbd.NBD:
+        """A libnbd handle on EXPORT (a live export or a NAME@SESSION view)."""
+        h = nbd.NBD()
+        h.set_export_name(export)
+        if allocation:
+            h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+        h.connect_unix(self.socket)
+        return h
 
     def stop(self) -> int:
         code = super().stop()

@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 
-import nbd
 import pytest
 from helpers import REPO, TZERO, last_json, make_image, tzero, wait_for
 from controller.stream import StreamReader
@@ -118,9 +117,7 @@ def test_writes_outside_the_designated_range_cost_no_copy_before_write(tmp_path,
     stop, count = threading.Event(), [0]
 
     def outside_writer():
-        h = nbd.NBD()
-        h.set_export_name("q")
-        h.connect_unix(s.socket)
+        h = s.connect("q")
         while not stop.is_set():
             h.pwrite(b"\xee" * 4096, (8 << 20) + (count[0] % 1024) * 4096)
             count[0] += 1

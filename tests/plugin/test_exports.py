@@ -12,15 +12,6 @@ SIZE = 4 << 20
 CHUNK = 64 << 10
 
 
-def connect(sub, name, allocation=False) -> nbd.NBD:
-    h = nbd.NBD()
-    h.set_export_name(name)
-    if allocation:
-        h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-    h.connect_unix(sub.socket)
-    return h
-
-
 @pytest.fixture
 def sub(tmp_path, serve):
     make_image(tmp_path / "a.img", SIZE, seed=1)
@@ -40,7 +31,7 @@ def session(sub):
 
 
 def test_live_export_serves_size_reads_writes_flush_and_fua(tmp_path, sub):
-    h = connect(sub, "a")
+    h = sub.connect("a")
     assert h.get_size() == SIZE and h.can_flush() and h.can_fua() and h.can_trim() and h.can_zero()
     h.pwrite(b"q" * 4096, 8192, nbd.CMD_FLAG_FUA)
     h.flush()
@@ -52,7 +43,7 @@ def test_live_export_serves_size_reads_writes_flush_and_fua(tmp_path, sub):
 
 
 def test_live_export_extents_report_holes_of_a_sparse_file(tmp_path, sub):
-    h = connect(sub, "a", allocation=True)
+    h = sub.connect("a", allocation=True)
     seen = []
     h.block_status(SIZE, 0, lambda ctx, off, entries, err: seen.extend(entries))
     holes = [(seen[i], seen[i + 1]) for i in range(0, len(seen), 2) if seen[i + 1] & nbd.STATE_HOLE]
@@ -64,7 +55,7 @@ def test_live_export_extents_report_holes_of_a_sparse_file(tmp_path, sub):
 @pytest.mark.parametrize("mutation", ["write", "zero", "trim"])
 def test_view_keeps_time_zero_content_whatever_mutates_the_live_export(sub, session, mutation):
     view, _ = session
-    live, v = connect(sub, "a"), connect(sub, view)
+    live, v = sub.connect("a"), sub.connect(view)
     before = live.pread(3 * CHUNK, CHUNK)
     {"write": lambda: live.pwrite(b"x" * 1000, CHUNK + 500),
      "zero": lambda: live.zero(3 * CHUNK, CHUNK),
@@ -78,7 +69,7 @@ def test_view_keeps_time_zero_content_whatever_mutates_the_live_export(sub, sess
 
 def test_view_is_read_only(sub, session):
     view, _ = session
-    v = connect(sub, view)
+    v = sub.connect(view)
     assert v.is_read_only()
     with pytest.raises(nbd.Error):
         v.pwrite(b"x", 0)
@@ -89,12 +80,12 @@ def test_view_of_another_session_or_unknown_export_is_refused(sub, session):
     view, _ = session
     for name in ("a@deadbeef", "nope", "nope@" + view.split("@")[1]):
         with pytest.raises(nbd.Error):
-            connect(sub, name)
+            sub.connect(name)
 
 
 def test_view_read_fails_after_the_session_ends(sub, session):
     view, ctl = session
-    v = connect(sub, view)
+    v = sub.connect(view)
     assert v.pread(512, 0) is not None
     ctl.rq("close")
     with pytest.raises(nbd.Error):
@@ -120,7 +111,7 @@ def loop_device(tmp_path):
 
 def test_block_device_export_takes_its_size_from_the_device_and_zeroes_by_ioctl(serve, loop_device):
     sub = serve("blk", {"d": loop_device})
-    h = connect(sub, "d")
+    h = sub.connect("d")
     assert h.get_size() == SIZE
     h.zero(CHUNK, 2 * CHUNK)
     assert h.pread(CHUNK, 2 * CHUNK) == bytes(CHUNK)

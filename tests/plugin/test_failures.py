@@ -6,7 +6,6 @@ import subprocess
 import threading
 import time
 
-import nbd
 import pytest
 from control import RawControl
 from helpers import REPO, TZERO, make_image, tzero, wait_for
@@ -20,13 +19,6 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-def live(sub, name="a") -> nbd.NBD:
-    h = nbd.NBD()
-    h.set_export_name(name)
-    h.connect_unix(sub.socket)
-    return h
-
-
 @pytest.fixture
 def sub(tmp_path, serve):
     make_image(tmp_path / "a.img", SIZE, seed=5)
@@ -38,7 +30,7 @@ def last_session(sub) -> dict:
 
 
 def test_controller_killed_mid_session_writes_go_on_and_session_ends(tmp_path, sub):
-    h = live(sub)
+    h = sub.connect("a")
     with subprocess.Popen([*TZERO, "backup", "-s", sub.control, "-o", "-", "--no-progress"],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO) as proc:
         # Nobody reads the pipe, so the controller stalls mid-copy with its session open.
@@ -59,7 +51,7 @@ def test_controller_killed_mid_session_writes_go_on_and_session_ends(tmp_path, s
 
 def test_freeze_deadline_expiry_releases_writers_and_fails_the_session(sub):
     ctl = RawControl(sub.control)
-    h = live(sub)
+    h = sub.connect("a")
     try:
         ctl.rq("hello", version=1)
         ctl.rq("open", lease_ms=60000)
@@ -105,7 +97,7 @@ def tiny_side_dir(tmp_path):
 def test_full_spill_folder_aborts_the_backup_and_writes_succeed_intact(tmp_path, serve, tiny_side_dir):
     initial = make_image(tmp_path / "a.img", SIZE, seed=6)
     sub = serve("s", {"a": tmp_path / "a.img"}, "--chunk", "64K", "--side-memory", "64K", "--side-dir", tiny_side_dir)
-    h = live(sub)
+    h = sub.connect("a")
     expected = bytearray(initial)
     with subprocess.Popen([*TZERO, "backup", "-s", sub.control, "-o", "-", "--no-progress"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO) as proc:
