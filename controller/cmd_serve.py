@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--pidfile", metavar="FILE", help="written once both sockets accept connections")
     p.add_argument("--side-memory", default="256M", metavar="SIZE", help="side store memory before spilling (default 256M)")
     p.add_argument("--side-dir", metavar="DIR", help="where the side store spills (default: TMPDIR)")
+    p.add_argument("--spill-keep", metavar="SIZE",
+                   help="cut the spill file back to SIZE after each session (default: it keeps its largest size, "
+                        "reserving that disk for the next backup)")
     p.add_argument("--chunk", default="64K", metavar="SIZE", help="concordance chunk size (default 64K)")
     p.add_argument("exports", nargs="+", metavar="NAME=PATH", help="a block device or image file to serve as NAME")
     p.set_defaults(func=run)
@@ -51,6 +54,8 @@ def _checked_config(args) -> PluginConfig:
         config.set("chunk", args.chunk)
         if args.side_dir:
             config.set("side-dir", args.side_dir)
+        if args.spill_keep is not None:
+            config.set("spill-keep", args.spill_keep)
         config.validate()
         for name, path in config.exports:
             Device(name, path).close()
@@ -64,6 +69,8 @@ def nbdkit_command(config: PluginConfig, nbd_socket: str | None, port: int | Non
     params = [f"export={n}={p}" for n, p in config.exports]
     params += [f"control={config.control}", f"side-memory={config.side_memory}", f"side-dir={config.side_dir}",
                f"chunk={config.chunk}", f"nbd-socket={nbd_socket}" if nbd_socket else f"nbd-port={port}"]
+    if config.spill_keep is not None:
+        params.append(f"spill-keep={config.spill_keep}")
     # One worker per connection: nbdkit 1.32 aborts (raw_send_socket: Assertion `sock >= 0')
     # when a client dies while several workers of its connection wait to send replies,
     # which is exactly a killed controller; and with the GIL, one worker per connection

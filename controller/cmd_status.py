@@ -27,7 +27,8 @@ def run(args) -> int:
 
 
 def format_status(where: str, status: dict) -> str:
-    lines = [f"subsystem {where}: chunk {status['chunk_size'] >> 10} KiB, side memory {status['side_memory'] >> 20} MiB"]
+    lines = [f"subsystem {where}: chunk {status['chunk_size'] >> 10} KiB, side memory {status['side_memory'] >> 20} MiB"
+             f", spill file {status['spill_file_bytes'] >> 20} MiB"]
     for e in status["exports"]:
         lines.append(f"  export {e['name']}: {e['size']} bytes")
     s = status["session"]

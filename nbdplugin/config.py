@@ -4,6 +4,7 @@
     control=PATH       the control socket (required)
     side-memory=SIZE   side store memory before spilling (default 256M)
     side-dir=DIR       where the spill file goes (default: the system temp dir)
+    spill-keep=SIZE    cut the spill file back to SIZE after a session (default: keep it whole)
     chunk=SIZE         concordance chunk size, a power of two from 4K to 16M (default 64K)
     nbd-socket=PATH    where nbdkit serves NBD (announced to the controller in hello)
     nbd-port=PORT      or the TCP port it serves on, on loopback
@@ -50,6 +51,7 @@ class PluginConfig:
         self.control: str | None = None
         self.side_memory = DEFAULT_SIDE_MEMORY
         self.side_dir = tempfile.gettempdir()
+        self.spill_keep: int | None = None
         self.chunk = DEFAULT_CHUNK
         self.nbd_socket: str | None = None
         self.nbd_port: int | None = None
@@ -66,6 +68,8 @@ class PluginConfig:
             self.side_memory = parse_size(value, "side-memory")
         elif key == "side-dir":
             self.side_dir = os.path.abspath(value)
+        elif key == "spill-keep":
+            self.spill_keep = parse_size(value, "spill-keep")
         elif key == "chunk":
             self.chunk = parse_size(value, "chunk")
         elif key == "nbd-socket":
@@ -75,7 +79,7 @@ class PluginConfig:
                 raise ConfigError(f"nbd-port {value!r}: not a TCP port")
             self.nbd_port = int(value)
         else:
-            raise ConfigError(f"unknown parameter {key!r} (expected export, control, side-memory, side-dir, chunk, nbd-socket, nbd-port)")
+            raise ConfigError(f"unknown parameter {key!r} (expected export, control, side-memory, side-dir, spill-keep, chunk, nbd-socket, nbd-port)")
 
     def validate(self) -> None:
         if not self.exports:

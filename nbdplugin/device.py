@@ -45,15 +45,6 @@ class Device:
                 raise OSError(errno.EIO, f"{self.path}: unexpected end at offset {offset + done}")
             done += n
 
-    def read(self, offset: int, length: int) -> bytes:
-        """LENGTH bytes at OFFSET, read straight into a new bytes object (no zero-fill, no copy)."""
-        data = os.pread(self.fd, length, offset)
-        if len(data) == length:
-            return data
-        buf = bytearray(length)  # a short read: finish it the careful way
-        self.read_into(buf, offset)
-        return bytes(buf)
-
     def write(self, buf, offset: int) -> None:
         view = memoryview(buf)
         done = 0

@@ -110,7 +110,7 @@ class Session:
                     continue
                 start, n = m.extent(c)
                 try:
-                    self.side.put((export.index, c), export.device.read(start, n))
+                    self.side.save((export.index, c), export.device, start, n)
                 except SideStoreFull as e:
                     self.abort(f"side store full: {e}")
                     return
@@ -170,10 +170,8 @@ class Session:
                 export.device.read_into(view[run - offset : lo - offset], run)
                 run = None
             if state == SAVED:
-                data = self.side.get((export.index, c))
-                if data is None:
+                if not self.side.read_into((export.index, c), view[lo - offset : hi - offset], lo - start):
                     self._raise_dead()
-                view[lo - offset : hi - offset] = memoryview(data)[lo - start : hi - start]
             else:
                 raise OSError(errno.EIO, f"{export.name}@{self.sid}: chunk {c} was already released")
         if run is not None:

@@ -1,20 +1,25 @@
-"""The side store: old chunk contents saved by copy-before-write.
+"""The side store of one session: old chunk contents saved by copy-before-write.
 
-Chunks live in memory up to `memory_limit` bytes, then in a spill file of
-fixed-size slots under `spill_dir`. The spill file is unlinked as soon as it is
-created, so a crash leaves nothing behind. When the spill file cannot grow
-(disk full, I/O error) `put` raises SideStoreFull: the caller aborts the
-backup session, never the application's write.
+Chunks go to memory slots while the pool has any, then to spill slots (slots.py: both
+belong to the subsystem and outlive the session). A save reads the chunk straight into
+its memory slot, or through the saving thread's scratch buffer into its spill slot: no
+allocation on the write path. When the spill file cannot take a chunk (disk full, I/O
+error) `save` raises SideStoreFull: the caller aborts the backup session, never the
+application's write.
 
-Thread safety: one lock guards the maps, the free-slot list and the counters.
-The spill I/O itself runs outside the lock: a slot belongs to one key until that
-key is discarded, and callers serialise put/get/discard of one key (they hold
-the chunk's stripe lock), so a slot is never reused under a reader.
+Thread safety: `_lock` guards the key map and the counters. Slot I/O runs outside it:
+callers serialise save/read/discard of one key (they hold the chunk's stripe lock), and
+a slot belongs to one key until that key is discarded. A save still running when the
+session closes gives its slot back itself, so close() never hands the pool a slot that
+someone is writing.
 """
 
 import os
-import tempfile
 import threading
+
+from nbdplugin.slots import SlotPool, SpillUnavailable
+
+MEMORY, SPILL = 0, 1
 
 
 class SideStoreFull(Exception):
@@ -22,101 +27,113 @@ class SideStoreFull(Exception):
 
 
 class SideStore:
-    def __init__(self, memory_limit: int, spill_dir: str, chunk_size: int):
-        self.memory_limit = memory_limit  # set at open, never changed
-        self.spill_dir = spill_dir  # set at open, never changed
-        self.chunk_size = chunk_size  # set at open, never changed
+    def __init__(self, pool: SlotPool):
+        self.pool = pool  # set at open, never changed
+        self.memory_limit = pool.memory_slots * pool.chunk_size
         self._lock = threading.Lock()
-        # guarded by _lock:
-        self._memory: dict[tuple[int, int], bytes] = {}
-        self._slots: dict[tuple[int, int], tuple[int, int]] = {}  # key -> (slot, length)
-        self._free_slots: list[int] = []
-        self._next_slot = 0
-        self._spill_fd: int | None = None
+        self._where: dict[tuple[int, int], tuple[int, int, int]] = {}  # key -> (MEMORY|SPILL, slot, length)
         self._closed = False
-        self.memory_bytes = 0
+        self.memory_bytes = 0  # these four: guarded by _lock
         self.spill_bytes = 0
         self.peak_bytes = 0
         self.saved_total = 0
 
-    def put(self, key: tuple[int, int], data: bytes) -> None:
-        """Keep DATA for KEY. Raises SideStoreFull when neither memory nor spill can take it."""
-        with self._lock:
-            if self._closed:
-                return
-            assert key not in self._memory and key not in self._slots, "a chunk is saved once"
-            self.saved_total += 1
-            if self.memory_bytes + len(data) <= self.memory_limit:
-                self._memory[key] = data
-                self.memory_bytes += len(data)
-                self._note_peak()
-                return
-            slot = self._take_slot()
-            fd = self._spill_fd
+    def save(self, key: tuple[int, int], source, offset: int, length: int) -> None:
+        """Keep LENGTH bytes (at most one chunk) that SOURCE.read_into(view, OFFSET) yields, as KEY.
+
+        SideStoreFull when neither memory nor spill can take them; an OSError of SOURCE
+        goes to the caller. Either way nothing is kept and the slot goes back."""
+        assert 0 < length <= self.pool.chunk_size, "one chunk per key"
+        slot = self.pool.take_memory()
+        kind = MEMORY if slot is not None else SPILL
         try:
-            written = os.pwrite(fd, data, slot * self.chunk_size)
-            if written != len(data):
+            if kind == MEMORY:
+                at = slot * self.pool.chunk_size
+                source.read_into(self.pool.memory[at:at + length], offset)
+            else:
+                slot = self._take_spill()
+                view = self.pool.scratch()[:length]
+                source.read_into(view, offset)
+                self._write_spill(slot, view)
+        except BaseException:
+            if slot is not None:
+                self._give(kind, slot)
+            raise
+        with self._lock:
+            if not self._closed:
+                assert key not in self._where, "a chunk is saved once"
+                self._where[key] = (kind, slot, length)
+                self.saved_total += 1
+                if kind == MEMORY:
+                    self.memory_bytes += length
+                else:
+                    self.spill_bytes += length
+                self.peak_bytes = max(self.peak_bytes, self.memory_bytes + self.spill_bytes)
+                return
+        self._give(kind, slot)  # the session ended while we saved: nobody will read it
+
+    def _take_spill(self) -> int:
+        try:
+            return self.pool.take_spill()
+        except SpillUnavailable as e:
+            raise SideStoreFull(str(e)) from None
+
+    def _write_spill(self, slot: int, view) -> None:
+        try:
+            written = os.pwrite(self.pool.spill_fd, view, slot * self.pool.chunk_size)
+            if written != len(view):
                 raise OSError(28, "short write to the spill file")
         except OSError as e:
-            with self._lock:
-                self._free_slots.append(slot)
-            raise SideStoreFull(f"spill file in {self.spill_dir}: {e.strerror or e}") from e
+            raise SideStoreFull(f"spill file in {self.pool.spill_dir}: {e.strerror or e}") from e
+
+    def read_into(self, key: tuple[int, int], view, start: int) -> bool:
+        """Fill VIEW with KEY's saved bytes from START on; False if KEY is not here."""
         with self._lock:
-            if self._closed:
-                return
-            self._slots[key] = (slot, len(data))
-            self.spill_bytes += len(data)
-            self._note_peak()
-
-    def _take_slot(self) -> int:
-        if self._spill_fd is None:
-            try:
-                fd, path = tempfile.mkstemp(prefix="tzero-spill-", dir=self.spill_dir)
-            except OSError as e:
-                raise SideStoreFull(f"cannot create a spill file in {self.spill_dir}: {e.strerror}") from e
-            os.unlink(path)
-            self._spill_fd = fd
-        if self._free_slots:
-            return self._free_slots.pop()
-        self._next_slot += 1
-        return self._next_slot - 1
-
-    def _note_peak(self) -> None:
-        self.peak_bytes = max(self.peak_bytes, self.memory_bytes + self.spill_bytes)
+            where = self._where.get(key)
+        if where is None:
+            return False
+        kind, slot, length = where
+        assert start + len(view) <= length, "a read stays within the saved chunk"
+        at = slot * self.pool.chunk_size + start
+        if kind == MEMORY:
+            view[:] = self.pool.memory[at:at + len(view)]
+            return True
+        n = os.preadv(self.pool.spill_fd, [view], at)
+        if n != len(view):
+            raise OSError(5, f"spill file read short: expected {len(view)} bytes, got {n}")
+        return True
 
     def get(self, key: tuple[int, int]) -> bytes | None:
-        """The saved content of KEY, or None if it is not here."""
+        """A copy of KEY's saved content, or None if it is not here."""
         with self._lock:
-            data = self._memory.get(key)
-            if data is not None:
-                return data
-            where = self._slots.get(key)
-            fd = self._spill_fd
+            where = self._where.get(key)
         if where is None:
             return None
-        slot, length = where
-        data = os.pread(fd, length, slot * self.chunk_size)
-        if len(data) != length:
-            raise OSError(5, f"spill file read short: expected {length} bytes, got {len(data)}")
-        return data
+        buf = bytearray(where[2])
+        return bytes(buf) if self.read_into(key, memoryview(buf), 0) else None
 
     def discard(self, key: tuple[int, int]) -> None:
         with self._lock:
-            data = self._memory.pop(key, None)
-            if data is not None:
-                self.memory_bytes -= len(data)
+            where = self._where.pop(key, None)
+            if where is None:
                 return
-            where = self._slots.pop(key, None)
-            if where is not None:
-                self._free_slots.append(where[0])
-                self.spill_bytes -= where[1]
+            kind, slot, length = where
+            if kind == MEMORY:
+                self.memory_bytes -= length
+            else:
+                self.spill_bytes -= length
+        self._give(kind, slot)
+
+    def _give(self, kind: int, slot: int) -> None:
+        self.pool.give([slot] if kind == MEMORY else [], [slot] if kind == SPILL else [])
 
     def keys(self, export: int, limit: int) -> list[int]:
         """Up to LIMIT saved chunk numbers of EXPORT, those in memory first (they relieve pressure)."""
         with self._lock:
-            found = [c for (e, c) in self._memory if e == export][:limit]
+            found = [c for (e, c), (kind, _, _) in self._where.items() if e == export and kind == MEMORY][:limit]
             if len(found) < limit:
-                found += [c for (e, c) in self._slots if e == export][: limit - len(found)]
+                found += [c for (e, c), (kind, _, _) in self._where.items()
+                          if e == export and kind == SPILL][: limit - len(found)]
         return sorted(found)
 
     @property
@@ -125,13 +142,9 @@ class SideStore:
         return self.memory_bytes * 2 >= self.memory_limit or self.spill_bytes > 0
 
     def close(self) -> None:
-        """Free everything; later puts are ignored (a mutation may still be finishing)."""
+        """Give every slot back; later saves are given back by their savers, unkept."""
         with self._lock:
             self._closed = True
-            self._memory.clear()
-            self._slots.clear()
-            self._free_slots.clear()
+            where, self._where = self._where, {}
             self.memory_bytes = self.spill_bytes = 0
-            fd, self._spill_fd = self._spill_fd, None
-        if fd is not None:
-            os.close(fd)
+        self.pool.give([s for k, s, _ in where.values() if k == MEMORY], [s for k, s, _ in where.values() if k == SPILL])

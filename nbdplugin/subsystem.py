@@ -17,6 +17,7 @@ from nbdplugin.gate import FreezeTimeout, WriteGate
 from nbdplugin.protocol import SUPPORTED_VERSIONS, VERSION, ProtocolError
 from nbdplugin.session import ACTIVE, FROZEN, OPEN, Session
 from nbdplugin.sidestore import SideStore
+from nbdplugin.slots import SlotPool
 
 DEFAULT_DEADLINE_MS = 2000
 DEFAULT_LEASE_MS = 30000
@@ -36,11 +37,13 @@ def log(message: str) -> None:
 
 
 class Subsystem:
-    def __init__(self, devices: list[Device], chunk_size: int, side_memory: int, side_dir: str, nbd: dict):
+    def __init__(self, devices: list[Device], chunk_size: int, side_memory: int, side_dir: str, nbd: dict,
+                 spill_keep: int | None = None):
         self.nbd = nbd  # where nbdkit serves: {"socket": PATH} or {"port": N}, or {} if not told
         self.chunk_size = chunk_size  # set at start-up, never changed
         self.side_memory = side_memory
         self.side_dir = side_dir
+        self.slots = SlotPool(side_memory, side_dir, chunk_size, spill_keep)  # every session's side store, kept warm
         self.exports = {}
         for i, d in enumerate(devices):
             self.exports[d.name] = Export(i, d.name, d, WriteGate(on_expire=self._freeze_expired))
@@ -106,7 +109,7 @@ class Subsystem:
         with self._lock:
             if self.session is not None and self.session.alive:
                 raise ProtocolError("busy", f"session {self.session.sid} is {self.session.phase}")
-            side = SideStore(self.side_memory, self.side_dir, self.chunk_size)
+            side = SideStore(self.slots)
             exports = [self.exports[n] for n in names]
             self.session = Session(secrets.token_hex(4), exports, self.chunk_size, side, lease_ms / 1000, conn,
                                    on_end=self._session_ended, track=track)
@@ -264,6 +267,7 @@ class Subsystem:
             "exports": [{"name": e.name, "size": e.device.size} for e in self.exports.values()],
             "chunk_size": self.chunk_size,
             "side_memory": self.side_memory,
+            "spill_file_bytes": self.slots.spill_file_bytes,
             "session": s.status() if s is not None and s.alive else None,
             "last_session": self.last_status,
         }

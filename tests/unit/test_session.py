@@ -16,6 +16,7 @@ from nbdplugin.device import Device
 from nbdplugin.gate import WriteGate
 from nbdplugin.session import ACTIVE, Session
 from nbdplugin.sidestore import SideStore
+from nbdplugin.slots import SlotPool
 from nbdplugin.subsystem import Export
 
 CHUNK = 4096
@@ -26,7 +27,7 @@ def make_session(tmp_path, content: bytes, side_memory=1 << 20, chunk=CHUNK):
     path = tmp_path / "dev.img"
     path.write_bytes(content)
     export = Export(0, "dev", Device("dev", str(path)), WriteGate())
-    side = SideStore(side_memory, str(tmp_path), chunk)
+    side = SideStore(SlotPool(side_memory, str(tmp_path), chunk))
     s = Session("sid", [export], chunk, side, lease_s=60, owner=None)
     s.form_concordance()
     s.set_phase(ACTIVE)

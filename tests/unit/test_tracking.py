@@ -5,6 +5,7 @@ from nbdplugin.device import Device
 from nbdplugin.gate import WriteGate
 from nbdplugin.session import ACTIVE, Session
 from nbdplugin.sidestore import SideStore
+from nbdplugin.slots import SlotPool
 from nbdplugin.subsystem import Export
 
 CHUNK = 4096
@@ -14,7 +15,7 @@ def tracked_session(tmp_path, track):
     path = tmp_path / "dev.img"
     path.write_bytes(bytes(range(256)) * (16 * CHUNK // 256))
     export = Export(0, "dev", Device("dev", str(path)), WriteGate())
-    s = Session("sid", [export], CHUNK, SideStore(1 << 20, str(tmp_path), CHUNK), lease_s=60, owner=None,
+    s = Session("sid", [export], CHUNK, SideStore(SlotPool(1 << 20, str(tmp_path), CHUNK)), lease_s=60, owner=None,
                 track=track)
     s.form_concordance()
     s.set_phase(ACTIVE)

@@ -37,3 +37,12 @@ def test_config_chunk_must_be_a_power_of_two_in_range(chunk, tmp_path):
     c.set("chunk", chunk)
     with pytest.raises(ConfigError, match="power of two"):
         c.validate()
+
+
+def test_config_spill_keep_is_a_size_and_absent_means_keep_whole(tmp_path):
+    c = PluginConfig()
+    assert c.spill_keep is None
+    c.set("spill-keep", "512M")
+    assert c.spill_keep == 512 << 20
+    with pytest.raises(ConfigError, match="spill-keep"):
+        c.set("spill-keep", "lots")
