@@ -46,8 +46,10 @@ class Device:
             done += n
 
     def write(self, buf, offset: int) -> None:
+        done = os.pwrite(self.fd, buf, offset)
+        if done == len(buf):
+            return  # the common case, on every application write
         view = memoryview(buf)
-        done = 0
         while done < len(view):
             done += os.pwrite(self.fd, view[done:], offset + done)
 

@@ -5,7 +5,9 @@ but never past the freeze deadline: whoever sees the deadline pass first (the
 waiting writer or the watchdog) thaws the gate and reports the expiry, so a
 lost controller can hold writes for at most the deadline.
 
-Lock: `_cond` guards `_frozen`, `_inflight`, `_deadline` and `_closed_at`.
+Lock: `_lock` (shared by `_cond`) guards `_frozen`, `_inflight`, `_deadline` and
+`_closed_at`. Every application write passes here twice, so the open gate costs one plain
+lock round trip each way: the condition is only waited on or notified while frozen.
 """
 
 import threading
@@ -18,7 +20,8 @@ class FreezeTimeout(Exception):
 
 class WriteGate:
     def __init__(self, on_expire=None):
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._frozen = False
         self._inflight = 0
         self._deadline = 0.0
@@ -27,6 +30,13 @@ class WriteGate:
 
     def enter(self) -> None:
         """Admit one mutation; waits while frozen, at most until the freeze deadline."""
+        with self._lock:
+            if not self._frozen:
+                self._inflight += 1
+                return
+        self._enter_frozen()
+
+    def _enter_frozen(self) -> None:
         expired = False
         with self._cond:
             while self._frozen:
@@ -40,11 +50,11 @@ class WriteGate:
             self.on_expire()
 
     def leave(self) -> None:
-        with self._cond:
+        with self._lock:
             self._inflight -= 1
             assert self._inflight >= 0, "leave() pairs with enter()"
-            if self._inflight == 0:
-                self._cond.notify_all()
+            if self._frozen and not self._inflight:
+                self._cond.notify_all()  # the freeze waits for the last write in flight
 
     def freeze(self, deadline_s: float) -> float:
         """Stop admitting mutations and wait for the in-flight ones to finish.

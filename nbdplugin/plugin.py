@@ -144,26 +144,25 @@ def pread(h, buf, offset, flags):
         h.export.device.read_into(buf, offset)
 
 
-def _mutate(h, offset, length, flags, apply):
-    _state["subsystem"].mutate(h.export, offset, length, apply)
+def _mutate(h, offset, length, flags, apply, *args):
+    _state["subsystem"].mutate(h.export, offset, length, apply, *args)
     if flags & nbdkit.FLAG_FUA:
         h.export.device.flush()
 
 
 @_io
 def pwrite(h, buf, offset, flags):
-    _mutate(h, offset, len(buf), flags, lambda: h.export.device.write(buf, offset))
+    _mutate(h, offset, len(buf), flags, h.export.device.write, buf, offset)
 
 
 @_io
 def trim(h, count, offset, flags):
-    _mutate(h, offset, count, flags, lambda: h.export.device.trim(offset, count))
+    _mutate(h, offset, count, flags, h.export.device.trim, offset, count)
 
 
 @_io
 def zero(h, count, offset, flags):
-    may_trim = bool(flags & nbdkit.FLAG_MAY_TRIM)
-    _mutate(h, offset, count, flags, lambda: h.export.device.zero(offset, count, may_trim))
+    _mutate(h, offset, count, flags, h.export.device.zero, offset, count, bool(flags & nbdkit.FLAG_MAY_TRIM))
 
 
 @_io

@@ -53,17 +53,18 @@ class Subsystem:
 
     # --- the I/O path ------------------------------------------------------
 
-    def mutate(self, export: Export, offset: int, length: int, apply) -> None:
-        """Run APPLY (a write, trim or zero of [offset, offset+length)) through the gate,
-        after copy-before-write. The one path every mutation takes."""
-        export.gate.enter()
+    def mutate(self, export: Export, offset: int, length: int, apply, *args) -> None:
+        """Run APPLY(*ARGS) (a write, trim or zero of [offset, offset+length)) through the
+        gate, after copy-before-write. The one path every mutation takes."""
+        gate = export.gate
+        gate.enter()
         try:
             session = self.session
             if session is not None:
                 session.save_before_mutation(export, offset, length)
-            apply()
+            apply(*args)
         finally:
-            export.gate.leave()
+            gate.leave()
 
     def view_session(self, sid: str) -> Session | None:
         s = self.session
