@@ -8,6 +8,7 @@ from controller.stream.spec import (
     _CHECK, _ENTRY, _INDEX_HEAD, _PREAMBLE, _READ_SLICE, _RECORD, _TRAILER, END_MAGIC, INDEX_TAG, MAGIC,
     MAX_HEADER_LENGTH, MAX_RECORD_LENGTH, RECORD_TAG, SUPPORTED_VERSIONS, TRAILER_SIZE, TRAILER_TAG, FormatError,
     Header, IndexEntry, Record, Trailer, _codec_problem, _kept_position, _place_problem, _read_exact, _seekable,
+    payloads_in_digest,
 )
 
 
@@ -77,6 +78,7 @@ class StreamReader:
         if header.format_version != version:
             raise FormatError(f"header says format version {header.format_version}, "
                               f"preamble says {version}", **where)
+        self._payloads_in_digest = payloads_in_digest(version)
         return header
 
     def records(self):
@@ -127,7 +129,7 @@ class StreamReader:
         if stored > MAX_RECORD_LENGTH:
             raise FormatError(f"record length {stored} exceeds the limit of "
                               f"{MAX_RECORD_LENGTH}", **where)
-        payload = self._read(stored, "record payload", where)
+        payload = self._read(stored, "record payload", where, hashed=self._payloads_in_digest)
         check = xxhash.xxh3_128(head)
         check.update(payload)
         if check.digest() != self._read(_CHECK, "record checksum", where):

@@ -8,6 +8,9 @@ specification; the tables next to each struct here are a summary.
     record   = record head (32), payload (stored length), record check (16)
     index    = index head (16), entry (32) * count, index check (16)
     trailer  = trailer fields (40), trailer check (16), stream digest (16), end magic (8)
+
+    digest   = xxh3-128 of every byte before it, record payloads left out (version 2;
+               version 1 hashed them too)
 """
 
 import datetime
@@ -18,8 +21,8 @@ from typing import NamedTuple
 
 from controller.stream.codec import CODEC_RAW, CODECS
 
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 CHECKSUM = "xxh3-128"
 
 MAGIC = b"\x89TZB\r\n\x1a\n"  # 8-bit and line-ending damage both break it, as in PNG
@@ -53,6 +56,13 @@ _CHECK = 16
 TRAILER_SIZE = _TRAILER.size + _CHECK + _CHECK + len(END_MAGIC)
 
 _READ_SLICE = 1 << 20  # index entries are read and hashed in slices this big
+
+
+def payloads_in_digest(version: int) -> bool:
+    """Whether the stream digest of VERSION hashes record payloads. Version 1 hashes every
+    byte; from version 2 a payload is left out, since the record check right after it
+    already hashes it and is itself in the digest: one hash pass over the data, not two."""
+    return version == 1
 
 
 class FormatError(Exception):

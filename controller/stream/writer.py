@@ -5,7 +5,8 @@ import xxhash
 from controller.stream.codec import CODEC_RAW, DEFAULT_ZSTD_LEVEL, Encoder
 from controller.stream.spec import (
     _ENTRY, _INDEX_HEAD, _PREAMBLE, _RECORD, _TRAILER, END_MAGIC, FORMAT_VERSION, INDEX_TAG, MAGIC,
-    MAX_HEADER_LENGTH, MAX_RECORD_LENGTH, RECORD_TAG, TRAILER_TAG, Header, _is_int,
+    MAX_HEADER_LENGTH, MAX_RECORD_LENGTH, RECORD_TAG, SUPPORTED_VERSIONS, TRAILER_TAG, Header, _is_int,
+    payloads_in_digest,
 )
 
 
@@ -36,12 +37,13 @@ class StreamWriter:
         problem = header.problem()
         if problem:
             raise ValueError(problem)
-        if header.format_version != FORMAT_VERSION:
-            raise ValueError(f"this writer writes format version {FORMAT_VERSION} only")
+        if header.format_version not in SUPPORTED_VERSIONS:
+            raise ValueError(f"this writer writes format versions {SUPPORTED_VERSIONS} (newest {FORMAT_VERSION})")
         self._out = out
         self._encoder = Encoder(codec, level)  # records are stored with this codec when it pays
         self._datasets = list(header.datasets)
-        self._digest = xxhash.xxh3_128()  # every byte before the digest itself
+        self._digest = xxhash.xxh3_128()  # every byte before the digest itself, payloads as the version says
+        self._payloads_in_digest = payloads_in_digest(header.format_version)
         self._index = bytearray()
         self._records = 0
         self._data_bytes = 0
@@ -56,7 +58,7 @@ class StreamWriter:
             raise ValueError(f"header extra is not JSON: {e}") from None
         if len(body) > MAX_HEADER_LENGTH:
             raise ValueError(f"header is {len(body)} bytes, more than {MAX_HEADER_LENGTH}")
-        preamble = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(body))
+        preamble = _PREAMBLE.pack(MAGIC, header.format_version, len(body))
         check = xxhash.xxh3_128(preamble)
         check.update(body)
         self._guarded(self._emit, preamble, body, check.digest())
@@ -81,7 +83,7 @@ class StreamWriter:
         check = xxhash.xxh3_128(head)
         check.update(payload)
         position = self.bytes_written
-        self._guarded(self._emit, head, payload, check.digest())
+        self._guarded(self._emit_record, head, payload, check.digest())
         self._index += _ENTRY.pack(dataset_index, codec, 0, 0, offset, length, stored, position)
         self._records += 1
         self._data_bytes += length
@@ -118,6 +120,15 @@ class StreamWriter:
             self._digest.update(buf)
             _write_all(self._out, buf)
             self.bytes_written += memoryview(buf).nbytes
+
+    def _emit_record(self, head, payload, check) -> None:
+        if self._payloads_in_digest:
+            self._emit(head, payload, check)
+            return
+        self._emit(head)
+        _write_all(self._out, payload)
+        self.bytes_written += memoryview(payload).nbytes
+        self._emit(check)
 
     def _guarded(self, fn, *args) -> None:
         try:

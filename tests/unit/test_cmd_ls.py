@@ -22,7 +22,7 @@ def test_cmd_ls_text_lists_datasets_in_stream_order(tmp_path, capsys):
     assert lines[-4:] == ["dataset  size", "a        262144 (256 KiB)",
                           "b        100000 (97.66 KiB)", "empty    0"]
     assert f"time zero   {TIME_ZERO}" in lines
-    assert "format 1, written by tzero 0.1.0" in lines[0]
+    assert "format 2, written by tzero 0.1.0" in lines[0]
     assert any(line.startswith("records     4,") for line in lines)
 
 
@@ -32,7 +32,7 @@ def test_cmd_ls_json_prints_one_object(tmp_path, capsys):
     assert code == 0 and out.count("\n") == 1
     assert info["datasets"] == [{"name": "a", "size": 262144}, {"name": "b", "size": 100000},
                                 {"name": "empty", "size": 0}]
-    assert (info["time_zero"], info["chunk_size"], info["format_version"]) == (TIME_ZERO, 65536, 1)
+    assert (info["time_zero"], info["chunk_size"], info["format_version"]) == (TIME_ZERO, 65536, 2)
     assert info["records"] == 4 and info["stream_bytes"] == (tmp_path / "b.tzb").stat().st_size
 
 

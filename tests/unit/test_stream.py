@@ -24,9 +24,9 @@ from controller.stream import (
 TIME_ZERO = "2026-11-25T10:00:00.123456+00:00"
 
 
-def header(*datasets, chunk_size=65536, extra=None):
+def header(*datasets, chunk_size=65536, extra=None, version=FORMAT_VERSION):
     return Header(tool_version="0.1.0", time_zero=TIME_ZERO, chunk_size=chunk_size,
-                  datasets=[Dataset(n, s) for n, s in datasets], extra=extra or {})
+                  datasets=[Dataset(n, s) for n, s in datasets], extra=extra or {}, format_version=version)
 
 
 # Two datasets, holes in both, a short last record in the one whose size is not
@@ -81,9 +81,11 @@ def decode_per_spec(blob):
     body = blob[16:16 + hlen]
     assert xxhash.xxh3_128(blob[:16 + hlen]).digest() == blob[16 + hlen:32 + hlen]
     pos, records = 32 + hlen, []
+    digested = bytearray(blob[:pos])  # version 2: the digest leaves record payloads out
     while blob[pos:pos + 4] == b"RECD":
         tag, codec, flags, _, ds, length, off, stored, _ = struct.unpack_from("<4sBBHIIQII", blob, pos)
         payload = blob[pos + 32:pos + 32 + stored]
+        digested += blob[pos:pos + 32] + (payload if version == 1 else b"") + blob[pos + 32 + stored:pos + 48 + stored]
         check = blob[pos + 32 + stored:pos + 48 + stored]
         assert xxhash.xxh3_128(blob[pos:pos + 32 + stored]).digest() == check
         records.append((ds, off, payload, pos))
@@ -99,16 +101,31 @@ def decode_per_spec(blob):
     tag, _, ipos, n, data_bytes, stored_bytes = struct.unpack_from("<4sIQQQQ", blob, pos)
     assert (tag, ipos, n) == (b"TRLR", index_pos, count)
     assert xxhash.xxh3_128(blob[pos:pos + 40]).digest() == blob[pos + 40:pos + 56]
-    assert xxhash.xxh3_128(blob[:pos + 56]).digest() == blob[pos + 56:pos + 72]
+    digested += blob[index_pos:pos + 56]
+    assert xxhash.xxh3_128(bytes(digested)).digest() == blob[pos + 56:pos + 72]
     assert blob[pos + 72:] == b"\x89TZE\r\n\x1a\n"
     return version, body, [(r[0], r[1], r[2]) for r in records]
 
 
 def test_stream_layout_decoded_from_spec_matches_written_records():
     version, body, records = decode_per_spec(build())
-    assert version == FORMAT_VERSION == 1
+    assert version == FORMAT_VERSION == 2
     assert b'"checksum":"xxh3-128"' in body
     assert records == RECORDS
+
+
+def test_stream_version_1_digest_hashes_payloads_and_still_reads_back():
+    blob = build(version=1)
+    version, body, records = decode_per_spec(blob)
+    assert version == 1 and b'"format_version":1' in body and records == RECORDS
+    assert read_all(blob)[0] == RECORDS
+
+
+def test_stream_version_2_payload_flip_is_still_caught_by_its_record_check():
+    blob = build()
+    pos = record_positions(blob)[0] + 32  # first payload byte: not in the version 2 digest
+    with pytest.raises(FormatError, match="record checksum mismatch"):
+        read_all(flip(blob, pos))
 
 
 def test_stream_trailer_is_80_bytes_ending_in_end_magic():
@@ -331,7 +348,7 @@ def test_reader_short_non_tzero_file_reports_bad_magic():
 def test_reader_unknown_version_refused_with_clear_line():
     blob = bytearray(build())
     blob[8:12] = struct.pack("<I", 7)
-    assert str(fail(bytes(blob))) == "header: unsupported format version 7 (this tzero reads 1)"
+    assert str(fail(bytes(blob))) == "header: unsupported format version 7 (this tzero reads 1, 2)"
 
 
 def test_reader_header_byte_flipped_refused():
@@ -632,3 +649,10 @@ def test_reader_stream_starting_inside_a_file_reads_from_the_end(tmp_path):
         index = r.read_index()
         assert r.read_record(index[1]) == RECORDS[1][2]
         assert [(x.dataset_index, x.offset, x.data) for x in r.records()] == RECORDS
+
+
+def test_writer_unknown_format_version_refused_before_writing():
+    out = io.BytesIO()
+    with pytest.raises(ValueError, match="writes format versions"):
+        StreamWriter(out, header(*DATASETS, version=3))
+    assert out.getvalue() == b""
