@@ -95,13 +95,19 @@ def _remove(path: str) -> None:
         pass
 
 
-def backup(controls: list[str], *extra) -> dict:
-    """`tzero backup -o -` with the stream thrown away; returns its JSON summary plus wall_s
-    and controller_maxrss_kib (the peak resident memory of the tzero backup process)."""
+def backup(controls: list[str], *extra, to: str | None = None) -> dict:
+    """`tzero backup -o -`, the stream thrown away, or written over the file TO from its start
+    (made by image(), so no run pays for fresh pages); returns its JSON summary plus wall_s and
+    controller_maxrss_kib (the peak resident memory of the tzero backup process)."""
     cmd = [*TZERO, "backup", *[a for c in controls for a in ("-s", c)], "-o", "-", "--json", "--no-progress", *extra]
+    out = subprocess.DEVNULL if to is None else os.open(to, os.O_WRONLY)
     with open(os.path.join(workdir("run"), "backup.err"), "w+") as err:
         started = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
+        try:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO)
+        finally:
+            if to is not None:
+                os.close(out)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.monotonic() - started
         proc.returncode = os.waitstatus_to_exitcode(status)

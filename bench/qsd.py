@@ -6,7 +6,8 @@ the background. One QMP `transaction` starts a job per disk at one instant (the 
 are drained together), which is the peer of a tzero session.
 
 The backup target is a `null-co` node of the disk's size: writes to it are thrown
-away, as tzero's stream is (`-o -` to /dev/null) and as nbdcopy's is (`null:`).
+away, as tzero's stream is (`-o -` to /dev/null) and as nbdcopy's is (`null:`); or a
+raw file, where QSD really writes the backup, as tzero does with `-o - > FILE`.
 """
 
 import json
@@ -71,9 +72,12 @@ class QMP:
 
 
 class StorageDaemon:
-    """qemu-storage-daemon serving EXPORTS ({name: path}) at nbd+unix:///NAME?socket=SOCK."""
+    """qemu-storage-daemon serving EXPORTS ({name: path}) at nbd+unix:///NAME?socket=SOCK.
 
-    def __init__(self, folder: str, name: str, exports: dict, log=None):
+    Every disk gets a `null-co` backup target; FILE_TARGETS ({name: path}, files of the
+    disk's size) adds a raw file target, where a backup is really written."""
+
+    def __init__(self, folder: str, name: str, exports: dict, log=None, file_targets: dict | None = None):
         self.socket = os.path.join(folder, f"{name}.sock")
         self.qmp_path = os.path.join(folder, f"{name}.qmp")
         for p in (self.socket, self.qmp_path):
@@ -100,20 +104,24 @@ class StorageDaemon:
         self.qmp = QMP(self.qmp_path)
         for n, size in self.sizes.items():
             self.qmp.execute("blockdev-add", driver="null-co", **{"node-name": f"target-{n}"}, size=size)
+        for n, path in (file_targets or {}).items():
+            self.qmp.execute("blockdev-add", driver="file", filename=path, **{"node-name": f"file-target-{n}"},
+                             cache={"direct": False})
 
     def uri(self, name: str) -> str:
         return f"nbd+unix:///{name}?socket={self.socket}"
 
-    def start_backup(self, names: list[str], max_workers: int | None = None, held: bool = False) -> dict:
+    def start_backup(self, names: list[str], max_workers: int | None = None, held: bool = False,
+                     to_file: bool = False) -> dict:
         """One transaction: a sync=full backup job per disk. Returns wall-clock send and reply times.
 
         HELD: the jobs run at a speed limit of one byte a second, so the copy-before-write
         filter is in place but nothing is copied in the background (the peer of a tzero
-        session held open without copying)."""
+        session held open without copying). TO_FILE: into the file targets, not null-co."""
         actions = []
         for n in names:
-            data = {"job-id": f"job-{n}", "device": n, "target": f"target-{n}", "sync": "full",
-                    "auto-dismiss": True}
+            data = {"job-id": f"job-{n}", "device": n, "target": f"file-target-{n}" if to_file else f"target-{n}",
+                    "sync": "full", "auto-dismiss": True}
             if held:
                 data["speed"] = 1
             if max_workers is not None:

@@ -16,7 +16,10 @@ from bench.common import REPO, RESULTS  # noqa: E402
 PLOT = os.path.join(REPO, "docs", "bench-latency.png")
 OUT = os.path.join(REPO, "BENCHMARKS.md")
 QSD = ("qsd-default", "qsd-mw1")
+QSD_FILE = ("qsd-default-file", "qsd-mw1-file")
 LABEL = {"tzero": "tzero", "qsd-default": "QSD (as shipped)", "qsd-mw1": "QSD (max-workers=1)",
+         "tzero-file": "tzero, to a file", "qsd-default-file": "QSD (as shipped), to a file",
+         "qsd-mw1-file": "QSD (max-workers=1), to a file",
          "nbdkit-file": "nbdkit file (C)", "nbdcopy-tzero": "nbdcopy of tzero's live export",
          "nbdcopy-nbdkit-file": "nbdcopy of nbdkit file"}
 
@@ -49,9 +52,9 @@ def verdict(ok: bool) -> str:
     return "**met**" if ok else "**not met**"
 
 
-def better(d: dict, key: str, low: bool) -> str:
-    """The QSD setting with the better value of KEY (lower if LOW)."""
-    return min(QSD, key=lambda q: d[q][key]) if low else max(QSD, key=lambda q: d[q][key])
+def better(d: dict, key: str, low: bool, among=QSD) -> str:
+    """The QSD setting (of AMONG) with the better value of KEY (lower if LOW)."""
+    return min(among, key=lambda q: d[q][key]) if low else max(among, key=lambda q: d[q][key])
 
 
 def machine_section(m: dict) -> list[str]:
@@ -81,11 +84,19 @@ def targets(core, ses, wc, mem) -> list[str]:
         r = s["tzero"]["iops_copying"] / s[q]["iops_copying"]
         rows.append([f"... same, while each copies ({LABEL[q]}; its copy took {f(s[q]['copy_s'])} s, "
                      f"tzero's {f(s['tzero']['copy_s'])} s)", f"{f(r)} x", verdict(r > 1)])
+        for q, key, what in ((better(s, "iops_held", low=False, among=QSD_FILE), "iops_held", "held"),
+                             (better(s, "iops_copying", low=False, among=QSD_FILE), "iops_copying", "copying")):
+            r = s["tzero-file"][key] / s[q][key]
+            rows.append([f"... same, both writing their backup to a file, {what} ({LABEL[q]})", f"{f(r)} x",
+                         verdict(r > 1)])
         r = s["tzero"]["backup_mib_s_idle"] / s["nbdcopy-tzero"]["mib_s"]
         rows.append(["idle backup >= 85% of nbdcopy of the same live export", f(r), verdict(r >= 0.85)])
         q = better(s, "backup_mib_s_idle", low=False)
         r = s["tzero"]["backup_mib_s_idle"] / s[q]["backup_mib_s_idle"]
-        rows.append([f"idle backup faster than QSD's job ({LABEL[q]})", f"{f(r)} x", verdict(r > 1)])
+        rows.append([f"idle backup faster than QSD's job, both thrown away ({LABEL[q]})", f"{f(r)} x", verdict(r > 1)])
+        q = better(s, "backup_mib_s_idle", low=False, among=QSD_FILE)
+        r = s["tzero-file"]["backup_mib_s_idle"] / s[q]["backup_mib_s_idle"]
+        rows.append([f"... both writing a file ({LABEL[q]})", f"{f(r)} x", verdict(r > 1)])
     if mem:
         m = mem["memory"]
         rows.append(["plugin RSS <= side-memory + 64 MiB",
@@ -136,12 +147,12 @@ def pause_section(ses: dict) -> list[str]:
 def writecost_section(wc: dict) -> list[str]:
     s = wc["summary"]
     rows = []
-    for n in ("tzero", *QSD):
+    phases = ("none", "held", "copying", "after")
+    for n in ("tzero", *QSD, "tzero-file", *QSD_FILE):
         x = s[n]
-        rows.append([LABEL[n], x["iops_none"], x["iops_held"], x["iops_copying"], x["iops_after"],
-                     f"{f(x['p99_ms_none'])} / {f(x['p99_ms_held'])} / {f(x['p99_ms_copying'])} / {f(x['p99_ms_after'])}",
-                     f"{f(x['max_ms_none'], 0)} / {f(x['max_ms_held'], 0)} / {f(x['max_ms_copying'], 0)} / "
-                     f"{f(x['max_ms_after'], 0)}"])
+        rows.append([LABEL[n], *(x.get(f"iops_{ph}") for ph in phases),
+                     " / ".join(f(x.get(f"p99_ms_{ph}")) for ph in phases),
+                     " / ".join(f(x.get(f"max_ms_{ph}"), 0) for ph in phases)])
     x = s["nbdkit-file"]
     rows.append([LABEL["nbdkit-file"], x["iops_none"], "-", "-", "-", f(x["p99_ms_none"]), f(x["max_ms_none"], 0)])
     ratio_rows = []
@@ -149,6 +160,10 @@ def writecost_section(wc: dict) -> list[str]:
         q = better(s, f"iops_{ph}", low=False)
         ratio_rows.append([ph, s["tzero"][f"iops_{ph}"] / s["tzero"]["iops_none"],
                            s["tzero"][f"iops_{ph}"] / s[q][f"iops_{ph}"], LABEL[q]])
+    for ph in ("held", "copying"):
+        q = better(s, f"iops_{ph}", low=False, among=QSD_FILE)
+        ratio_rows.append([f"{ph}, both writing a file", s["tzero-file"][f"{ph}_vs_none"],
+                           s["tzero-file"][f"iops_{ph}"] / s[q][f"iops_{ph}"], LABEL[q]])
     ratio_rows.append(["none, vs nbdkit file (C)", 1.0, s["tzero"]["iops_none"] / s["nbdkit-file"]["iops_none"],
                        LABEL["nbdkit-file"]])
     return (["## 2. Write cost: fio on a live 1 GiB export", "",
@@ -163,7 +178,8 @@ def writecost_section(wc: dict) -> list[str]:
 
 def speed_section(wc: dict) -> list[str]:
     s = wc["summary"]
-    rows = [[LABEL[n], s[n]["backup_mib_s_idle"], s[n]["backup_mib_s_under_load"]] for n in ("tzero", *QSD)]
+    rows = [[LABEL[n], s[n]["backup_mib_s_idle"], s[n]["backup_mib_s_under_load"]]
+            for n in ("tzero", *QSD, "tzero-file", *QSD_FILE)]
     rows += [[LABEL[n], s[n]["mib_s"], "-"] for n in ("nbdcopy-tzero", "nbdcopy-nbdkit-file")]
     t = s["tzero"]
     ratios = [["tzero / nbdcopy of its live export (idle)", t["backup_mib_s_idle"] / s["nbdcopy-tzero"]["mib_s"]],
@@ -172,12 +188,17 @@ def speed_section(wc: dict) -> list[str]:
     for q in QSD:
         ratios.append([f"tzero / {LABEL[q]} (idle)", t["backup_mib_s_idle"] / s[q]["backup_mib_s_idle"]])
         ratios.append([f"tzero / {LABEL[q]} (under fio)", t["backup_mib_s_under_load"] / s[q]["backup_mib_s_under_load"]])
+    for q in QSD_FILE:
+        ratios.append([f"tzero / {LABEL[q]}, both to a file (idle)",
+                       s["tzero-file"]["backup_mib_s_idle"] / s[q]["backup_mib_s_idle"]])
+        ratios.append([f"tzero / {LABEL[q]}, both to a file (under fio)",
+                       s["tzero-file"]["backup_mib_s_under_load"] / s[q]["backup_mib_s_under_load"]])
     ratios.append(["nbdcopy: tzero's live export / nbdkit file (C)", s["nbdcopy-tzero"]["mib_s"] / s["nbdcopy-nbdkit-file"]["mib_s"]])
     return (["## 3. Backup speed (1 GiB, MiB/s)", "",
-             "tzero: `tzero backup -o -` to /dev/null, timed by its own `elapsed_s` (connect to close; the "
-             "second ratio counts the whole command, interpreter start included). QSD: from sending the "
-             "`transaction` to the job's completion event, target `null-co`. nbdcopy: `nbdcopy URI null:`, "
-             "wall time.", ""]
+             "tzero: `tzero backup -o -` to /dev/null or over a file, timed by its own `elapsed_s` (connect "
+             "to close; the second ratio counts the whole command, interpreter start included). QSD: from "
+             "sending the `transaction` to the job's completion event, target `null-co` or a raw file. "
+             "nbdcopy: `nbdcopy URI null:`, wall time.", ""]
             + table(["", "idle", "under fio randwrite"], rows) + table(["ratio", "value"], ratios))
 
 
@@ -238,16 +259,18 @@ def plot(timeline: dict) -> bool:
 NOTES = """## Reading these figures
 
 - QSD copies inside the process that serves the disk, straight from the file into its
-  target (here `null-co`, which throws the data away); tzero's controller reads every byte
-  through an NBD connection to the plugin and writes a checksummed stream. QSD's job is the
-  peer the issue names, not a like-for-like pipeline; nbdcopy reading tzero's own live
-  export is the read limit of the same path.
+  target (`null-co`, which throws the data away, or a raw file); tzero's controller reads
+  every byte through an NBD connection to the plugin and writes a checksummed stream. QSD's
+  job is the peer the issue names, not a like-for-like pipeline; nbdcopy reading tzero's
+  own live export is the read limit of the same path. With `null-co` QSD neither writes a
+  backup nor pays for saving old data (its copy-before-write writes into the same
+  `null-co`): the "to a file" rows are the comparison of two real backups.
 - tzero's plugin is served with `nbdkit --threads 1` (controller/cmd_serve.py says why):
   one connection's requests run one after another, while QSD and nbdkit's file plugin
   run a connection's requests on a pool of threads. fio uses one connection.
 - QSD's backup target and tzero's side store differ: copy-before-write in QSD writes the
   old data to the target (free with `null-co`), tzero keeps it in the side store (memory,
-  then a spill file).
+  then a spill file) until the copier has it.
 - On this machine memory and page cache that were freed go back to the host and cost a
   first touch again; the images are written once per run, but every process still
   touches its own new buffers (tzero's side store and spill file, QSD's bounce buffers),

@@ -14,8 +14,15 @@ Write cost, fio (FIO_NOTE in common.py) on the live export of each system:
 Backup speed, idle: `tzero backup`, QSD's job both ways, `nbdcopy URI null:` reading
 tzero's live export (the read limit) and nbdkit-file's.
 
-Rounds interleave the systems (tzero, QSD default, QSD max-workers=1, nbdkit-file,
-then again) so that whatever else loads the machine hits them alike.
+Two kinds of backup target. Thrown away: tzero's stream to /dev/null, QSD's job into
+`null-co` (QSD's copy-before-write then costs only the read). Written: tzero's stream
+over a file (`-o -` redirected), QSD's job into a raw file; both files are made once per
+run and overwritten in place, neither system syncs them. The systems that write to a
+file run only the phases where the target matters (held, copying).
+
+Rounds interleave the systems (tzero, QSD default, QSD max-workers=1, the same three
+writing files, nbdkit-file, then again) so that whatever else loads the machine hits
+them alike.
 """
 
 import os
@@ -32,7 +39,8 @@ from controller.session import ConsistencyGroup  # noqa: E402
 SIZE = 1024 * MiB
 FIO_S = 5
 ROUNDS = 2
-SYSTEMS = ("tzero", "qsd-default", "qsd-mw1")
+SYSTEMS = ("tzero", "qsd-default", "qsd-mw1", "tzero-file", "qsd-default-file", "qsd-mw1-file")
+TARGET_PHASES = ("held", "copying")  # all a file target changes
 
 
 class NbdkitFile:
@@ -58,8 +66,9 @@ class NbdkitFile:
 
 
 class TzeroSystem:
-    def __init__(self, sub):
+    def __init__(self, sub, to: str | None = None):
         self.sub = sub
+        self.to = to  # a target file, or None: the stream goes to /dev/null
         self.uri = sub.uri("w")
         self.group = None
 
@@ -77,33 +86,36 @@ class TzeroSystem:
 
     def backup(self) -> dict:
         started = time.time()
-        s = backup([self.sub.control])
+        s = backup([self.sub.control], to=self.to)
         return {"started": started, "ended": time.time(), "elapsed_s": s["elapsed_s"], "wall_s": s["wall_s"],
                 "chunks_cow": s["chunks_cow"]}
 
 
 class QsdSystem:
-    def __init__(self, daemon: StorageDaemon, max_workers):
+    def __init__(self, daemon: StorageDaemon, max_workers, to_file: bool = False):
         self.daemon = daemon
         self.max_workers = max_workers
+        self.to_file = to_file
         self.uri = daemon.uri("w")
 
     def hold(self) -> None:
-        self.daemon.start_backup(["w"], self.max_workers, held=True)
+        self.daemon.start_backup(["w"], self.max_workers, held=True, to_file=self.to_file)
 
     def release(self) -> dict:
         self.daemon.cancel_backup(["w"])
         return {}
 
     def backup(self) -> dict:
-        r = self.daemon.start_backup(["w"], self.max_workers)
+        r = self.daemon.start_backup(["w"], self.max_workers, to_file=self.to_file)
         ended = self.daemon.wait_backup(["w"])
         # Its job is the whole backup: the QMP round trip starts it, the completion event ends it.
         return {"started": r["sent"], "ended": ended, "elapsed_s": ended - r["sent"], "wall_s": ended - r["sent"]}
 
 
-def phases(system, tag: str) -> dict:
-    out = {"none": fio(system.uri, FIO_S)}
+def phases(system, tag: str, only=("none", "held", "copying", "after")) -> dict:
+    out = {}
+    if "none" in only:
+        out["none"] = fio(system.uri, FIO_S)
     system.hold()
     try:
         out["held"] = fio(system.uri, FIO_S)
@@ -121,7 +133,8 @@ def phases(system, tag: str) -> dict:
     r["backup"] = b
     r["backup_mib_s"] = SIZE / MiB / b["elapsed_s"]
     out["copying"] = r
-    out["after"] = fio(system.uri, FIO_S)
+    if "after" in only:
+        out["after"] = fio(system.uri, FIO_S)
     return out
 
 
@@ -141,42 +154,60 @@ def mean(xs) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
+def phases_of(name: str) -> tuple[str, ...]:
+    return TARGET_PHASES if name.endswith("-file") else ("none", "held", "copying", "after")
+
+
+def summarise(name: str, runs: list, speed: list, none_iops: float) -> dict:
+    """Means over rounds (IOPS), worst over rounds (latency); held and copying against NONE_IOPS
+    (the system's own none, or its thrown-away sibling's for a file target)."""
+    out = {f"iops_{ph}": mean(r[ph]["iops"] for r in runs) for ph in phases_of(name) if ph != "copying"}
+    out["iops_copying"] = mean(r["copying"]["iops_during_backup"] for r in runs)
+    out["iops_before_copying"] = mean(r["copying"]["iops_before_backup"] for r in runs)
+    for ph in phases_of(name):
+        out[f"p99_ms_{ph}"] = max(r[ph]["lat_p99_ms"] for r in runs)
+        out[f"max_ms_{ph}"] = max(r[ph]["lat_max_ms"] for r in runs)
+    out["backup_mib_s_under_load"] = mean(r["copying"]["backup_mib_s"] for r in runs)
+    out["copy_s"] = mean(r["copying"]["backup"]["elapsed_s"] for r in runs)
+    out["backup_mib_s_idle"] = SIZE / MiB * len(speed) / sum(s[name]["elapsed_s"] for s in speed)
+    out["held_vs_none"] = out["iops_held"] / none_iops
+    out["copying_vs_none"] = out["iops_copying"] / none_iops
+    return out
+
+
 def main() -> int:
     path = image("w", SIZE, seed=7)
+    targets = {"tzero": image("w-tzero.target", SIZE + 64 * MiB), "qsd": image("w-qsd.target", SIZE)}
     result = {"bench": "writecost", "export_bytes": SIZE, "fio": FIO_NOTE, "fio_seconds": FIO_S, "rounds": ROUNDS,
-              "order": "interleaved by round: tzero, qsd-default, qsd-mw1, nbdkit-file, then again",
-              "note": "QSD's backup target and tzero's stream are both thrown away (null-co, /dev/null)"}
+              "order": "interleaved by round: " + ", ".join(SYSTEMS) + ", nbdkit-file, then again",
+              "note": "Thrown away: tzero's stream to /dev/null, QSD's job into null-co. To a file: tzero's "
+                      "stream over a file (`-o -` redirected), QSD's job into a raw file node; both files made "
+                      "once per run and overwritten in place, neither synced"}
     per = {k: [] for k in SYSTEMS}
     speed = []
     file_iops = []
     with Stopper() as stopper:
         sub = stopper.add(serve("wc", {"w": path}))
-        daemon = stopper.add(StorageDaemon(workdir("run"), "qsd-wc", {"w": path}, log=open(os.devnull, "w")))
+        daemon = stopper.add(StorageDaemon(workdir("run"), "qsd-wc", {"w": path}, log=open(os.devnull, "w"),
+                                           file_targets={"w": targets["qsd"]}))
         nbdkit_file = stopper.add(NbdkitFile(path))
-        systems = {"tzero": TzeroSystem(sub), "qsd-default": QsdSystem(daemon, None), "qsd-mw1": QsdSystem(daemon, 1)}
+        systems = {"tzero": TzeroSystem(sub), "qsd-default": QsdSystem(daemon, None), "qsd-mw1": QsdSystem(daemon, 1),
+                   "tzero-file": TzeroSystem(sub, to=targets["tzero"]),
+                   "qsd-default-file": QsdSystem(daemon, None, to_file=True),
+                   "qsd-mw1-file": QsdSystem(daemon, 1, to_file=True)}
         result["plugin_pid"] = child_pid(sub.proc.pid, "nbdkit")
         for rnd in range(ROUNDS):
             for name in SYSTEMS:
                 say(f"write cost: {name}, round {rnd + 1}")
-                per[name].append(phases(systems[name], f"{name}-{rnd}"))
+                per[name].append(phases(systems[name], f"{name}-{rnd}", phases_of(name)))
             say(f"write cost: nbdkit-file, round {rnd + 1}; idle backup speed")
             file_iops.append(fio(nbdkit_file.uri, FIO_S))
             speed.append(idle_speed(systems, nbdkit_file))
     summary = {}
-    for name in SYSTEMS:
-        runs = per[name]
-        summary[name] = {
-            **{f"iops_{ph}": mean(r[ph]["iops"] for r in runs) for ph in ("none", "held", "after")},
-            "iops_copying": mean(r["copying"]["iops_during_backup"] for r in runs),
-            "iops_before_copying": mean(r["copying"]["iops_before_backup"] for r in runs),
-            **{f"p99_ms_{ph}": max(r[ph]["lat_p99_ms"] for r in runs) for ph in ("none", "held", "copying", "after")},
-            **{f"max_ms_{ph}": max(r[ph]["lat_max_ms"] for r in runs) for ph in ("none", "held", "copying", "after")},
-            "backup_mib_s_under_load": mean(r["copying"]["backup_mib_s"] for r in runs),
-            "copy_s": mean(r["copying"]["backup"]["elapsed_s"] for r in runs),
-            "backup_mib_s_idle": SIZE / MiB * ROUNDS / sum(s[name]["elapsed_s"] for s in speed),
-        }
-        summary[name]["held_vs_none"] = summary[name]["iops_held"] / summary[name]["iops_none"]
-        summary[name]["copying_vs_none"] = summary[name]["iops_copying"] / summary[name]["iops_none"]
+    for name in SYSTEMS:  # the thrown-away systems come first: their none serves their file siblings
+        own = name.removesuffix("-file")
+        none = mean(r["none"]["iops"] for r in per[own])
+        summary[name] = summarise(name, per[name], speed, none)
     summary["nbdkit-file"] = {"iops_none": mean(r["iops"] for r in file_iops),
                               "p99_ms_none": max(r["lat_p99_ms"] for r in file_iops),
                               "max_ms_none": max(r["lat_max_ms"] for r in file_iops)}
