@@ -35,6 +35,8 @@ class Session:
         self.time_zero = 0.0  # wall clock when the concordance was formed
         self.pause_s: dict[str, float] = {}
         self.flush_at_thaw = True  # set by freeze: make time zero durable once the gates reopen
+        self.flushed = threading.Event()  # clear while that flush runs, set otherwise
+        self.flushed.set()
         self.opened_at = time.monotonic()
         self.last_seen = self.opened_at  # renewed by every message from the owner
         self.cow_chunks = 0  # counters: approximate under concurrency is fine, they are statistics

@@ -1,0 +1,80 @@
+"""The subsystem's session requests without nbdkit: the flush that follows thaw."""
+
+import errno
+import threading
+
+import pytest
+
+from nbdplugin.device import Device
+from nbdplugin.protocol import ProtocolError
+from nbdplugin.subsystem import Subsystem
+
+CHUNK = 4096
+
+
+class Conn:
+    greeted = False
+
+
+class GatedDevice(Device):
+    """A device whose flush waits for RELEASE, then fails with FAIL if given."""
+
+    def __init__(self, name, path):
+        super().__init__(name, path)
+        self.release = threading.Event()
+        self.flushing = threading.Event()
+        self.fail: OSError | None = None
+
+    def flush(self):
+        self.flushing.set()
+        assert self.release.wait(10), "the test releases the flush"
+        if self.fail:
+            raise self.fail
+        super().flush()
+
+
+@pytest.fixture
+def thawed(tmp_path):
+    path = tmp_path / "dev.img"
+    path.write_bytes(bytes(4 * CHUNK))
+    dev = GatedDevice("dev", str(path))
+    sub = Subsystem([dev], CHUNK, 1 << 20, str(tmp_path), {"socket": "/nowhere"})
+    conn = Conn()
+    sub.handle(conn, {"op": "hello", "version": 1})
+    sub.handle(conn, {"op": "open"})
+    sub.handle(conn, {"op": "freeze"})
+    reply = sub.handle(conn, {"op": "thaw"})
+    yield sub, conn, dev, reply
+    dev.release.set()
+    sub.slots.close()
+    dev.close()
+
+
+def test_subsystem_thaw_replies_before_the_flush_after_it_ends(thawed):
+    sub, conn, dev, reply = thawed
+    assert "pause_ms" in reply
+    assert dev.flushing.wait(5), "the flush runs once the gates are open"
+    assert sub.session.phase == "active" and not sub.session.flushed.is_set()
+
+
+def test_subsystem_close_waits_for_the_flush_after_thaw(thawed):
+    sub, conn, dev, _ = thawed
+    closed = threading.Event()
+    t = threading.Thread(target=lambda: (sub.handle(conn, {"op": "close"}), closed.set()))
+    t.start()
+    assert dev.flushing.wait(5)
+    assert not closed.wait(0.2), "no backup completes before time zero is durable"
+    dev.release.set()
+    assert closed.wait(5)
+    t.join()
+    assert sub.last_status["phase"] == "closed"
+
+
+def test_subsystem_failed_flush_after_thaw_aborts_and_close_says_so(thawed):
+    sub, conn, dev, _ = thawed
+    dev.fail = OSError(errno.EIO, "Input/output error")
+    dev.release.set()
+    assert sub.session.flushed.wait(5)
+    assert sub.session.phase == "aborted" and "flush after thaw failed" in sub.session.abort_reason
+    with pytest.raises(ProtocolError, match="flush after thaw failed"):
+        sub.handle(conn, {"op": "close"})
