@@ -9,6 +9,9 @@ idle. A view is read-only and the plugin advertises multi-conn, so every
 connection sees the same bytes. `wait` polls the sockets of every handle with
 commands in flight and lets libnbd progress on whichever is ready: the
 copier's thread is never stuck on one connection while another has data for it.
+A read that completes tells its reader itself (libnbd's completion callback, run
+in this same thread while libnbd reads), so finding the completed reads costs
+nothing per read still in flight.
 
 A Read owns a slot of the BufferPool from issue until the copier has taken all
 of its pieces; `pieces` are consumed from the front, in the export's stream order.
@@ -80,9 +83,9 @@ class Read:
     handle: object = None  # the connection it was issued on
     data: bytearray = field(default=None)
     buf: object = None  # nbd.Buffer sharing `data`
-    cookie: int = 0
     done: bool = False
     aside: bool = False  # saved chunks fetched out of order (issue_aside), not in the queue
+    error: int = 0  # the errno the server answered with, once completed
 
 
 def connect(where: dict, export: str) -> nbd.NBD:
@@ -115,6 +118,7 @@ class ViewReader:
         self.queue: deque[Read] = deque()  # issued, oldest first
         self.aside: list[Read] = []  # issued by issue_aside, not completed yet
         self.in_flight = 0  # reads of the queue and aside not completed yet
+        self._completed: list[Read] = []  # told by libnbd, not yet reaped
 
     def _peek(self, i: int) -> Piece | None:
         while len(self._look) <= i:
@@ -170,26 +174,30 @@ class ViewReader:
         data, buf = pool.take(length)
         h = min(self.handles, key=lambda h: self._busy[id(h)])  # the least loaded connection
         r = Read(physical, length, deque(pieces), ahead, h, data, buf)
-        r.cookie = h.aio_pread(r.buf, r.physical)
+        h.aio_pread(r.buf, r.physical, completion=lambda err: self._complete(r, err.value))
         self._busy[id(h)] += 1
         self.in_flight += 1
         return r
 
+    def _complete(self, r: Read, error: int) -> int:
+        # libnbd's completion callback: keep it to a note, it runs inside libnbd's read loop.
+        r.error = error
+        self._completed.append(r)
+        return 1  # retire the command: nobody asks libnbd about it again
+
     def reap(self) -> list[Read]:
         """Mark completed reads done and return them; a failed read raises nbd.Error."""
-        completed = []
-        for r in self.queue:
-            if not r.done and r.handle.aio_command_completed(r.cookie):
-                completed.append(r)
-        if self.aside:
-            waiting = []
-            for r in self.aside:
-                (completed if r.handle.aio_command_completed(r.cookie) else waiting).append(r)
-            self.aside = waiting
+        completed, self._completed = self._completed, []
         for r in completed:
             r.done = True
             self.in_flight -= 1
             self._busy[id(r.handle)] -= 1
+            if r.aside:
+                self.aside.remove(r)
+        failed = next((r for r in completed if r.error), None)
+        if failed is not None:
+            raise nbd.Error(f"{self.export}: reading {failed.length} bytes at {failed.physical} failed",
+                            failed.error)
         return completed
 
     def pread(self, length: int, offset: int) -> bytes:

@@ -14,7 +14,7 @@ GRID = 64 << 10
 class FakeHandle:
     """Takes reads and forgets them: the test consumes pieces as if every read had completed."""
 
-    def aio_pread(self, buf, offset):
+    def aio_pread(self, buf, offset, completion=None):
         return 1
 
 
