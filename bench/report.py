@@ -173,7 +173,18 @@ def writecost_section(wc: dict) -> list[str]:
              f"{wc['note']}.", ""]
             + table(["", "IOPS none", "held", "copying", "after", "p99 ms none/held/copying/after",
                      "max ms none/held/copying/after"], rows)
-            + table(["phase", "tzero vs its own none", "tzero vs the better peer", "peer"], ratio_rows))
+            + table(["phase", "tzero vs its own none", "tzero vs the better peer", "peer"], ratio_rows)
+            + warm_up_lines(wc))
+
+
+def warm_up_lines(wc: dict) -> list[str]:
+    w = wc.get("warm_up_held_iops")
+    if not w:
+        return []
+    return ["Before the rounds every system ran one held phase that does not count: the first session after a "
+            "start saves into never-touched memory (tzero's side store, QSD's buffers), which costs a page fault "
+            "per page on this host. Its IOPS, the cost of the first backup after a start: "
+            + ", ".join(f"{LABEL[n]} {f(v, 0)}" for n, v in w.items()) + ".", ""]
 
 
 def speed_section(wc: dict) -> list[str]:
