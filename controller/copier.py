@@ -311,7 +311,7 @@ class Copier:
         if chunks:
             self._unreleased.setdefault(export, []).extend(chunks)
             self._unreleased_count += len(chunks)
-            quiet = not any(m.side_bytes for m in self.group.members)
+            quiet = all(m.side_bytes == 0 for m in self.group.members)  # as pulses said, none unheard
             if self._unreleased_count * self.chunk >= (QUIET_RELEASE_BATCH_BYTES if quiet else RELEASE_BATCH_BYTES):
                 self._release_all()
 

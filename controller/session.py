@@ -32,7 +32,7 @@ class Member:
     session: str = ""
     views: dict = field(default_factory=dict)
     pressure: bool = False  # written by the heartbeat thread and by release replies
-    side_bytes: int = 0
+    side_bytes: int | None = None  # as the last pulse said; None before the first
 
     @property
     def where(self) -> str:
