@@ -172,8 +172,10 @@ class Subsystem:
     def _thaw(self, s: Session, msg):
         if s.phase != FROZEN:
             raise ProtocolError("wrong-phase", f"thaw needs a frozen session, this one is {s.phase}")
-        s.pause_s = {e.name: e.gate.thaw() for e in s.exports}
+        # Active before any gate opens: a write the thaw admits must find the session active and
+        # save its chunk first; the other way round it could slip through unsaved.
         s.set_phase(ACTIVE)
+        s.pause_s = {e.name: e.gate.thaw() for e in s.exports}
         if not s.alive:  # the deadline struck between our check and the thaw
             raise ProtocolError("aborted", s.abort_reason or "aborted")
         if s.flush_at_thaw:

@@ -5,7 +5,9 @@ import threading
 
 import pytest
 
+from nbdplugin.chunkmap import SAVED
 from nbdplugin.device import Device
+from nbdplugin.gate import WriteGate
 from nbdplugin.protocol import ProtocolError
 from nbdplugin.subsystem import Subsystem
 
@@ -78,3 +80,38 @@ def test_subsystem_failed_flush_after_thaw_aborts_and_close_says_so(thawed):
     assert sub.session.phase == "aborted" and "flush after thaw failed" in sub.session.abort_reason
     with pytest.raises(ProtocolError, match="flush after thaw failed"):
         sub.handle(conn, {"op": "close"})
+
+
+class AdmittingGate(WriteGate):
+    """A gate that runs WRITE the instant it opens: a writer admitted by the thaw, before the
+    thawing thread takes another step."""
+
+    write = None
+
+    def thaw(self):
+        closed_for = super().thaw()
+        if self.write:
+            self.write()
+        return closed_for
+
+
+def test_subsystem_write_admitted_by_the_thaw_saves_its_chunk_first(tmp_path):
+    path = tmp_path / "dev.img"
+    path.write_bytes(b"\x07" * (4 * CHUNK))
+    sub = Subsystem([Device("dev", str(path))], CHUNK, 1 << 20, str(tmp_path), {"socket": "/nowhere"})
+    export = sub.exports["dev"]
+    export.gate = gate = AdmittingGate()
+    conn = Conn()
+    sub.handle(conn, {"op": "hello", "version": 1})
+    sub.handle(conn, {"op": "open"})
+    sub.handle(conn, {"op": "freeze", "flush": False})
+    gate.write = lambda: sub.mutate(export, CHUNK, 10, export.device.write, b"\x00" * 10, CHUNK)
+    sub.handle(conn, {"op": "thaw"})
+    s = sub.session
+    assert s.maps[0].states[1] == SAVED, "the first write after time zero must save the old chunk"
+    view = bytearray(CHUNK)
+    s.read_view(export, view, CHUNK)
+    assert view == b"\x07" * CHUNK
+    s.close()
+    sub.slots.close()
+    export.device.close()
