@@ -42,6 +42,9 @@ def register(subparsers) -> None:
                         "(default: every export whole); see docs/datasets.md")
     p.add_argument("--compress", metavar="zstd[:LEVEL]", default="none",
                    help="store records compressed with Zstandard (level 1-22, default 3) when it pays")
+    p.add_argument("--read-path", choices=("auto", "nbd"), default="auto",
+                   help="auto: read each view straight from its device when this host serves it, "
+                        "else over NBD (default); nbd: always over NBD")
     p.add_argument("--force", action="store_true", help="replace an existing backup file")
     p.set_defaults(func=run)
 
@@ -98,7 +101,7 @@ def _copy(args, group, plan, chunk, host_memory, zero, output) -> dict:
                            "compression": args.compress})
     writer = StreamWriter(output.file, header, args.codec, args.level)
     progress = Progress(sum(d.size for d in datasets), enabled=not args.no_progress)
-    copier = Copier(group, plan, writer, chunk, host_memory, args.spill_dir, progress)
+    copier = Copier(group, plan, writer, chunk, host_memory, args.spill_dir, progress, local=args.read_path == "auto")
     group.stats_source = lambda: dict(copier.stats)
     copied = copier.run()
     group.check()  # a session that died during the last reads must not yield a backup

@@ -31,6 +31,7 @@ import nbd
 from controller.errors import SessionAborted, UsageError
 from controller.layout import pieces, pieces_at
 from controller.ledger import Ledger
+from controller.local_read import LocalRead
 from controller.plan import recheck_partitions
 from controller.reader import CONNECTIONS_PER_VIEW, BufferPool, ViewReader, connect, wait
 from controller.records import RecordAssembler
@@ -66,8 +67,9 @@ def pool_shape(read_budget: int, chunk_size: int, exports: int) -> tuple[int, in
 
 class Copier:
     def __init__(self, group, plan, writer, chunk_size: int, host_memory: int,
-                 spill_dir: str | None = None, progress=None):
+                 spill_dir: str | None = None, progress=None, local: bool = True):
         self.group = group
+        self.local = local  # read views straight from the device where possible (local_read.py)
         self.plan = plan
         self.writer = writer
         self.chunk = chunk_size
@@ -81,7 +83,8 @@ class Copier:
         self.readers: dict[str, ViewReader] = {}
         self.scheduler: Scheduler | None = None
         self.stats = {"chunks_in_order": 0, "chunks_ahead": 0, "chunks_opportunistic": 0,
-                      "chunks_zero": 0, "bytes_read": 0, "spilled_bytes": 0, "peak_host_buffer_bytes": 0}
+                      "chunks_zero": 0, "bytes_read": 0, "spilled_bytes": 0, "peak_host_buffer_bytes": 0,
+                      "read_path": {}, "local_refetched_bytes": 0}
         self._head = None  # the piece the stream waits for
         self._unreleased: dict[str, list[int]] = {}
         self._unreleased_count = 0
@@ -106,6 +109,8 @@ class Copier:
             raise SessionAborted(f"backup abandoned: {reason or f'reading a time-zero view failed: {e}'}") from None
         finally:
             for r in self.readers.values():
+                if r.local is not None:
+                    self.stats["local_refetched_bytes"] += r.local.fixed_bytes
                 r.close()
             self.buffer.close()
         self.stats["spilled_bytes"] = self.buffer.spilled_bytes
@@ -127,7 +132,9 @@ class Copier:
                 except nbd.Error:
                     pass
             raise
-        return ViewReader(export, handles, pieces(self.plan.datasets, self.chunk, export))
+        local, why = LocalRead.open(export, member.local.get(export), size) if self.local else (None, "--read-path nbd")
+        self.stats["read_path"][export] = "local" if local else f"nbd ({why})"
+        return ViewReader(export, handles, pieces(self.plan.datasets, self.chunk, export), local)
 
     def _taken(self, p) -> bool:
         """True for a piece that needs no read: already written (before the head), or fetched early."""

@@ -24,11 +24,14 @@ from dataclasses import dataclass, field
 import nbd
 
 from controller.layout import Piece
+from nbdplugin.arena import huge_page_arena
 
 # Connections to each view. nbdkit runs one worker per connection (--threads 1), so
 # this is how many of the view's reads the server works on at once. Measured on the
 # idle 1 GiB bench (2 cores): see docs/datasets.md.
 CONNECTIONS_PER_VIEW = 2
+MAX_DEPTH = 8  # reads in flight per export over NBD; 16 measured no faster and touched twice the buffers
+LOCAL_AHEAD = 2  # reads done and waiting per export read locally (they complete as they are issued)
 
 
 class BufferPool:
@@ -40,12 +43,16 @@ class BufferPool:
     Buffers are made lazily (an idle backup of one export uses about MAX_DEPTH of
     them), and the most recently given back is taken first, so the few in use stay
     warm; never more than COUNT exist.
+
+    The buffers are slices of one mapping advised for huge pages (nbdplugin/arena.py
+    says why); its pages are touched only as buffers are used.
     """
 
     def __init__(self, size: int, count: int):
         assert count >= 1, "pool_shape gives one buffer per export and one more"
         self.size = size
-        self._free: list[bytearray] = []  # made, not in use
+        self._arena = huge_page_arena(size * count)
+        self._free: list[memoryview] = []  # made, not in use
         self._unmade = count  # buffers the bound still allows to be made
         self._whole: dict[int, object] = {}  # id(buffer) -> nbd.Buffer of all of it
 
@@ -54,21 +61,22 @@ class BufferPool:
         """Buffers a read may take now: those given back and those not made yet."""
         return len(self._free) + self._unmade
 
-    def take(self, length: int) -> tuple[bytearray, object]:
+    def take(self, length: int) -> tuple[memoryview, object]:
         """A buffer and the nbd.Buffer for its first LENGTH bytes."""
         if self._free:
             data = self._free.pop()
         else:
             assert self._unmade > 0, "the scheduler takes a buffer only while one is free"
             self._unmade -= 1
-            data = bytearray(self.size)
+            at = self._unmade * self.size
+            data = memoryview(self._arena)[at:at + self.size]
             self._whole[id(data)] = nbd.Buffer.from_buffer(data)
         if length == self.size:
             return data, self._whole[id(data)]
         # A view per short read: what aio_pread keeps of it is a small object, not the buffer.
         return data, nbd.Buffer.from_buffer(memoryview(data)[:length])
 
-    def give(self, data: bytearray) -> None:
+    def give(self, data: memoryview) -> None:
         self._free.append(data)
 
 
@@ -81,7 +89,7 @@ class Read:
     pieces: deque  # of Piece, the ones not yet taken by the copier
     ahead: bool  # issued for a later dataset than the one being written then
     handle: object = None  # the connection it was issued on
-    data: bytearray = field(default=None)
+    data: memoryview = field(default=None)
     buf: object = None  # nbd.Buffer sharing `data`
     done: bool = False
     aside: bool = False  # saved chunks fetched out of order (issue_aside), not in the queue
@@ -105,11 +113,14 @@ def connect(where: dict, export: str) -> nbd.NBD:
 
 class ViewReader:
     """The reads of one export's view, in issue order (which is its stream order), spread
-    over HANDLES (one or several connections to the view). Completion order across
-    connections is free; the copier takes reads from the front of `queue` only."""
+    over HANDLES (one or several connections to the view), or made here by LOCAL (a
+    local_read.LocalRead; the handles then serve what it hands back, and the saved chunks
+    fetched aside). Completion order across connections is free; the copier takes reads
+    from the front of `queue` only."""
 
-    def __init__(self, export: str, handles, pieces):
+    def __init__(self, export: str, handles, pieces, local=None):
         self.export = export
+        self.local = local
         self.handles = list(handles) if isinstance(handles, (list, tuple)) else [handles]
         self.handle = self.handles[0]  # for the few synchronous reads
         self._busy = {id(h): 0 for h in self.handles}  # reads in flight per connection
@@ -165,18 +176,31 @@ class ViewReader:
         """Start a read of LENGTH bytes at PHYSICAL (at most pool.size) for WANTED, pieces not issued
         yet that lie in it (saved chunks fetched out of order). It stays out of the queue: reap
         returns it like the others, and its buffer goes back to POOL when the caller is done."""
-        r = self._start(physical, length, wanted, False, pool)
+        r = self._start(physical, length, wanted, False, pool, aside=True)
         r.aside = True
         self.aside.append(r)
         return r
 
-    def _start(self, physical: int, length: int, pieces, ahead: bool, pool: BufferPool) -> Read:
+    @property
+    def saturated(self) -> bool:
+        """No further read should be issued now (the scheduler asks)."""
+        if self.local is not None:
+            return len(self.queue) >= LOCAL_AHEAD
+        return self.in_flight >= MAX_DEPTH
+
+    def _start(self, physical: int, length: int, pieces, ahead: bool, pool: BufferPool, aside=False) -> Read:
         data, buf = pool.take(length)
         h = min(self.handles, key=lambda h: self._busy[id(h)])  # the least loaded connection
         r = Read(physical, length, deque(pieces), ahead, h, data, buf)
-        h.aio_pread(r.buf, r.physical, completion=lambda err: self._complete(r, err.value))
         self._busy[id(h)] += 1
         self.in_flight += 1
+        if self.local is not None and not aside:
+            view = memoryview(data)[:length]
+            for lo, n in self.local.read(view, physical):
+                view[lo - physical:lo - physical + n] = h.pread(n, lo)
+            self._complete(r, 0)
+        else:
+            h.aio_pread(r.buf, r.physical, completion=lambda err: self._complete(r, err.value))
         return r
 
     def _complete(self, r: Read, error: int) -> int:
@@ -209,6 +233,8 @@ class ViewReader:
         return [h for h in self.handles if self._busy[id(h)]]
 
     def close(self) -> None:
+        if self.local is not None:
+            self.local.close()
         for h in self.handles:
             try:
                 h.shutdown()

@@ -1,7 +1,8 @@
 """The resource manager's read policy: which view reads next, and how much may be held.
 
 Every export's reads are issued in its own stream order. Among the exports that
-can take another read (fewer than MAX_DEPTH in flight), the one whose next piece
+can take another read (not `saturated`: fewer than MAX_DEPTH in flight over NBD, fewer
+than LOCAL_AHEAD waiting when read locally), the one whose next piece
 comes first in the stream goes first: the bytes needed soonest are asked for
 soonest, and an export whose dataset comes later (on another subsystem) fills
 the time the current one leaves idle.
@@ -21,7 +22,6 @@ spill file is for chunks that side-store pressure forces out early (copier.py),
 never for speculation.
 """
 
-MAX_DEPTH = 8  # per export, across its connections; 16 measured no faster and touched twice the buffers
 
 
 def key(piece) -> tuple[int, int]:
@@ -47,7 +47,7 @@ class Scheduler:
         while self.pool.free:
             best, best_key = None, None
             for r in self.readers:
-                if r.in_flight >= MAX_DEPTH:
+                if r.saturated:
                     continue
                 r.skip(taken)
                 p = r.next_piece

@@ -31,6 +31,7 @@ class Member:
     chunk_size: int
     session: str = ""
     views: dict = field(default_factory=dict)
+    local: dict = field(default_factory=dict)  # export -> what reading it here needs (local_read.py)
     pressure: bool = False  # written by the heartbeat thread and by release replies
     side_bytes: int | None = None  # as the last pulse said; None before the first
 
@@ -80,7 +81,7 @@ class ConsistencyGroup:
             else:
                 reply = m.client.request("open", exports=list(tracks[m.where]), lease_ms=self.lease_ms,
                                          track=tracks[m.where])
-            m.session, m.views = reply["session"], reply["views"]
+            m.session, m.views, m.local = reply["session"], reply["views"], reply.get("local", {})
 
     def freeze_and_thaw(self) -> dict:
         """Take time zero. Returns time_zero (epoch s), pause_ms (per export, as each gate measured it)

@@ -11,6 +11,13 @@ do while writes are frozen. Chunks outside the tracked ranges (when the session
 names some) start DONE: nothing is owed for them, so a mutation there costs one
 state lookup and no copy-before-write.
 
+Shared with the controller: the states live in a memfd mapping that a controller on
+the same host maps read-only (the session's `open` reply names it), so it can read
+PENDING chunks straight from the device and check afterwards that they were still
+PENDING (controller/local_read.py says why that is exact). Byte 0 of the mapping is
+the DEAD flag, set before the session stops saving chunks (abort, close): from then on
+PENDING no longer means "in place".
+
 Locks: chunk c is guarded by stripe lock c % STRIPES. A mutation holds at most
 one stripe at a time; a reader that needs several takes them in ascending
 stripe order. No path ever holds a stripe while waiting for another in
@@ -18,10 +25,13 @@ descending order, so stripes cannot deadlock, and there is no global lock on
 the write path.
 """
 
+import mmap
+import os
 import threading
 
 PENDING, SAVED, DONE = 0, 1, 2
 STRIPES = 1024
+HEADER = 8  # byte 0: DEAD (0 or 1); the rest reserved; the states follow
 
 
 class ChunkMap:
@@ -36,14 +46,16 @@ class ChunkMap:
         self.size = size  # set at formation, never changed
         self.chunk_size = chunk_size  # set at formation, never changed
         self.count = (size + chunk_size - 1) // chunk_size
-        if tracked is None:
-            self.states = bytearray(self.count)
-        else:
-            self.states = bytearray([DONE]) * self.count
+        self._fd = os.memfd_create("tzero-concordance", os.MFD_CLOEXEC)
+        os.ftruncate(self._fd, HEADER + self.count)
+        self._shared = mmap.mmap(self._fd, HEADER + self.count)  # zero-filled: alive, all PENDING
+        self.states = memoryview(self._shared)[HEADER:]
+        if tracked is not None:
+            self.states[:] = bytes([DONE]) * self.count
             for offset, length in tracked:
                 span = self.span(offset, length)
                 self.states[span.start:span.stop] = bytes(len(span))
-        self.untracked = self.states.count(DONE)  # set at formation, never changed
+        self.untracked = self.count_of(DONE)  # set at formation, never changed
         self._stripes = [threading.Lock() for _ in range(min(STRIPES, max(self.count, 1)))]
 
     def lock(self, chunk: int) -> threading.Lock:
@@ -67,8 +79,27 @@ class ChunkMap:
         start = chunk * self.chunk_size
         return start, min(self.chunk_size, self.size - start)
 
+    def count_of(self, state: int, start: int = 0, stop: int | None = None) -> int:
+        """How many of chunks START..STOP-1 are in STATE."""
+        return self.states[start:stop].tobytes().count(state)
+
+    def shared(self) -> dict:
+        """Where another process on this host maps this concordance (read-only)."""
+        return {"path": f"/proc/{os.getpid()}/fd/{self._fd}", "header": HEADER, "chunks": self.count,
+                "chunk_size": self.chunk_size}
+
+    def mark_dead(self) -> None:
+        """Say, before chunks stop being saved, that PENDING no longer means "in place"."""
+        self._shared[0] = 1
+
+    def close(self) -> None:
+        """Drop the descriptor others map it by; the mapping lives on for late readers."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
     def counts(self) -> dict[str, int]:
-        saved = self.states.count(SAVED)
-        done = self.states.count(DONE)
+        saved = self.count_of(SAVED)
+        done = self.count_of(DONE)
         return {"pending": self.count - saved - done, "saved": saved, "done": done - self.untracked,
                 "untracked": self.untracked}

@@ -45,6 +45,11 @@ class Device:
                 raise OSError(errno.EIO, f"{self.path}: unexpected end at offset {offset + done}")
             done += n
 
+    def identity(self) -> dict:
+        """What a process on this host checks to know it opened this very device or file."""
+        st = os.fstat(self.fd)
+        return {"path": self.path, "dev": st.st_dev, "ino": st.st_ino, "rdev": st.st_rdev}
+
     def write(self, buf, offset: int) -> None:
         done = os.pwrite(self.fd, buf, offset)
         if done == len(buf):

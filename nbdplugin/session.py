@@ -73,6 +73,7 @@ class Session:
         with self._lock:
             if not self.alive:
                 return False
+            self._mark_dead()
             self.phase = ABORTED
             self.abort_reason = reason
         self._release_resources()
@@ -82,12 +83,21 @@ class Session:
         with self._lock:
             if not self.alive:
                 return
+            self._mark_dead()
             self.phase = CLOSED
         self._release_resources()
+
+    def _mark_dead(self) -> None:
+        # Before the phase changes: a mutation that sees the new phase skips copy-before-write,
+        # so a controller reading the device directly must be able to know it by then.
+        for m in self.maps.values():
+            m.mark_dead()
 
     def _release_resources(self) -> None:
         for e in self.exports:
             e.gate.thaw()
+        for m in self.maps.values():
+            m.close()
         self.side.close()
         if self.on_end is not None:
             self.on_end(self)
@@ -143,8 +153,7 @@ class Session:
         for lock in locks:
             lock.acquire()
         try:
-            states = m.states
-            if states.count(PENDING, chunks.start, chunks.stop) == len(chunks):
+            if m.count_of(PENDING, chunks.start, chunks.stop) == len(chunks):
                 export.device.read_into(view, offset)  # the common case: all still in place
             else:
                 self._read_mixed(export, m, view, offset, end, chunks)

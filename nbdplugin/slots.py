@@ -21,10 +21,11 @@ Lock: `_lock` guards both free lists, the counts of slots made and the making of
 file; `spill_fd` is read without it (set once, an atomic attribute read).
 """
 
-import mmap
 import os
 import tempfile
 import threading
+
+from nbdplugin.arena import huge_page_arena
 
 
 class SpillUnavailable(Exception):
@@ -36,8 +37,7 @@ class SlotPool:
         self.chunk_size = chunk_size  # set at start-up, never changed
         self.spill_dir = spill_dir
         self.memory_slots = memory_limit // chunk_size
-        # A zero-slot store still needs a mapping to hand out views of: one page, never used.
-        self._arena = mmap.mmap(-1, max(self.memory_slots * chunk_size, mmap.PAGESIZE))
+        self._arena = huge_page_arena(self.memory_slots * chunk_size)
         self.memory = memoryview(self._arena)  # slot bytes; written only by a slot's holder
         # None: keep the high-water mark, so the disk a backup needed stays reserved for the next
         self.spill_keep_slots = None if spill_keep_bytes is None else spill_keep_bytes // chunk_size

@@ -114,9 +114,10 @@ class Subsystem:
             exports = [self.exports[n] for n in names]
             self.session = Session(secrets.token_hex(4), exports, self.chunk_size, side, lease_ms / 1000, conn,
                                    on_end=self._session_ended, track=track)
-        sid = self.session.sid
-        log(f"session {sid} opened on {', '.join(names)}")
-        return {"session": sid, "views": {n: f"{n}@{sid}" for n in names}}
+        s = self.session
+        log(f"session {s.sid} opened on {', '.join(names)}")
+        local = {e.name: {"concordance": s.maps[e.index].shared(), "device": e.device.identity()} for e in exports}
+        return {"session": s.sid, "views": {n: f"{n}@{s.sid}" for n in names}, "local": local}
 
     def _checked_track(self, track: dict, names: list[str]) -> dict:
         """open's "track" field, validated: {export: [(offset, length), ...]} within each export."""

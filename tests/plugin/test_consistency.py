@@ -100,7 +100,20 @@ def test_backup_under_dependent_writers_restores_a_prefix_at_time_zero(tmp_path,
     finally:
         load.stop()
     assert summary["chunks_cow"] > 0, "the paced copy must have made writers hit uncopied chunks"
+    assert summary["read_path"] == {"a": "local", "c": "local", "b": "local"}, "this host serves every view"
     tzero("verify", out)
+    tzero("restore", out, "--to", tmp_path / "restored")
+    load.check(tmp_path / "restored", summary)
+
+
+def test_backup_over_nbd_only_under_dependent_writers_restores_a_prefix_at_time_zero(tmp_path, serve):
+    load = Load(tmp_path, serve, "--chunk", "64K")
+    try:
+        out, summary = backup_through_pipe(load, tmp_path, "--read-path", "nbd")
+    finally:
+        load.stop()
+    assert summary["chunks_cow"] > 0
+    assert set(summary["read_path"].values()) == {"nbd (--read-path nbd)"}
     tzero("restore", out, "--to", tmp_path / "restored")
     load.check(tmp_path / "restored", summary)
 

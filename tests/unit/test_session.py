@@ -168,4 +168,4 @@ def test_session_release_of_out_of_range_chunks_is_refused(tmp_path):
     s, export = make_session(tmp_path, bytes(SIZE))
     with pytest.raises(ValueError):
         s.release(export, 8, 5)
-    assert s.maps[0].states.count(PENDING) == 9
+    assert s.maps[0].count_of(PENDING) == 9

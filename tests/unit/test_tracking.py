@@ -30,7 +30,7 @@ def test_chunkmap_tracked_ranges_start_pending_and_the_rest_done():
 
 def test_chunkmap_without_tracked_ranges_tracks_every_chunk():
     m = ChunkMap(16 * CHUNK + 1, CHUNK)
-    assert m.states.count(PENDING) == 17 and m.untracked == 0
+    assert m.count_of(PENDING) == 17 and m.untracked == 0
 
 
 def test_session_mutation_outside_tracked_ranges_saves_nothing(tmp_path):
@@ -45,6 +45,6 @@ def test_session_mutation_outside_tracked_ranges_saves_nothing(tmp_path):
 def test_session_release_of_tracked_chunks_counts_them_done_not_untracked(tmp_path):
     s, export = tracked_session(tmp_path, {"dev": [(0, 2 * CHUNK)]})
     s.release(export, 0, 16)
-    assert s.maps[0].states.count(DONE) == 16
+    assert s.maps[0].count_of(DONE) == 16
     assert s.status()["exports"]["dev"] == {"pending": 0, "saved": 0, "done": 2, "untracked": 14}
     assert s.released_bytes == 2 * CHUNK, "untracked chunks were never owed, so releasing them copies nothing"
