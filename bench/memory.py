@@ -105,6 +105,7 @@ def growth(stopper) -> list[dict]:
         try:
             plugin = child_pid(sub.proc.pid, "nbdkit")
             before = rss_kib(plugin)
+            os.sync()  # an image written by an earlier phase: no writeback left for the backup's flush
             s = backup([sub.control])
             t = nbdcopy_null(sub.uri(name))
             out.append({"export_bytes": size, "elapsed_s": s["elapsed_s"], "wall_s": s["wall_s"],

@@ -286,6 +286,15 @@ NOTES = """## Reading these figures
   first touch again; the images are written once per run, but every process still
   touches its own new buffers (tzero's side store and spill file, QSD's bounce buffers),
   which is part of what each system costs here.
+- How fast the page cache reads depends on how it was filled, and the figures move with
+  it: a 1 GiB preadv loop ran at 10-12 GB/s over a file its own process had just written,
+  at 1.5-2 GB/s over the same pages from another process or into a buffer not on huge
+  pages. tzero reads where it is served with `--read-path auto` (the default, straight
+  from the device; see docs/architecture.md) and its buffers are on huge pages; QSD and
+  nbdcopy read as they ship.
+- tzero flushes its exports once per session (time zero durable on the source), QSD's job
+  does not: under load that flush is part of tzero's copy time; the idle runs start from
+  a sync, so that no system pays for the writeback of an earlier phase.
 """
 
 
