@@ -177,7 +177,6 @@ class ViewReader:
         yet that lie in it (saved chunks fetched out of order). It stays out of the queue: reap
         returns it like the others, and its buffer goes back to POOL when the caller is done."""
         r = self._start(physical, length, wanted, False, pool, aside=True)
-        r.aside = True
         self.aside.append(r)
         return r
 
@@ -191,7 +190,7 @@ class ViewReader:
     def _start(self, physical: int, length: int, pieces, ahead: bool, pool: BufferPool, aside=False) -> Read:
         data, buf = pool.take(length)
         h = min(self.handles, key=lambda h: self._busy[id(h)])  # the least loaded connection
-        r = Read(physical, length, deque(pieces), ahead, h, data, buf)
+        r = Read(physical, length, deque(pieces), ahead, h, data, buf, aside=aside)
         self._busy[id(h)] += 1
         self.in_flight += 1
         if self.local is not None and not aside:
