@@ -37,6 +37,7 @@ import platform
 import nbd
 
 from nbdplugin.chunkmap import PENDING
+from nbdplugin.device import read_fully
 
 ARCHES = ("x86_64", "amd64")
 
@@ -81,12 +82,10 @@ class LocalRead:
         """Fill VIEW with the device's bytes at OFFSET; returns the (offset, length) runs, within
         it, of chunks that were not PENDING once read (to be read again through the view).
         nbd.Error (EIO) if the session stopped saving chunks meanwhile."""
-        done = 0
-        while done < len(view):
-            n = os.preadv(self._fd, [view[done:]], offset + done)
-            if n == 0:
-                raise nbd.Error(f"{self.export}: device ends at {offset + done}, before the read", errno.EIO)
-            done += n
+        try:
+            read_fully(self._fd, view, offset, self.export)
+        except OSError as e:
+            raise nbd.Error(str(e), e.errno or errno.EIO) from None
         first, last = offset // self._chunk, (offset + len(view) - 1) // self._chunk
         states = self._shared[self._header + first:self._header + last + 1]  # loaded after the data
         if self._shared[0]:

@@ -194,7 +194,7 @@ class ViewReader:
         self._busy[id(h)] += 1
         self.in_flight += 1
         if self.local is not None and not aside:
-            view = memoryview(data)[:length]
+            view = data[:length]
             for lo, n in self.local.read(view, physical):
                 view[lo - physical:lo - physical + n] = h.pread(n, lo)
             self._complete(r, 0)

@@ -23,7 +23,6 @@ never for speculation.
 """
 
 
-
 def key(piece) -> tuple[int, int]:
     """Stream order: dataset, then logical offset."""
     return piece.dataset, piece.logical

@@ -13,6 +13,17 @@ from nbdplugin import syscalls
 _ZERO_PIECE = bytes(1 << 20)
 
 
+def read_fully(fd: int, buf, offset: int, name: str) -> None:
+    """Fill BUF from FD at OFFSET, however many preadv calls it takes; OSError(EIO) at an early end."""
+    view = memoryview(buf)
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            raise OSError(errno.EIO, f"{name}: unexpected end at offset {offset + done}")
+        done += n
+
+
 class DeviceError(Exception):
     """a device given at start-up cannot be served"""
 
@@ -37,13 +48,7 @@ class Device:
         self.size = syscalls.block_device_size(self.fd) if self.is_block else st.st_size
 
     def read_into(self, buf, offset: int) -> None:
-        view = memoryview(buf)
-        done = 0
-        while done < len(view):
-            n = os.preadv(self.fd, [view[done:]], offset + done)
-            if n == 0:
-                raise OSError(errno.EIO, f"{self.path}: unexpected end at offset {offset + done}")
-            done += n
+        read_fully(self.fd, buf, offset, self.path)
 
     def identity(self) -> dict:
         """What a process on this host checks to know it opened this very device or file."""

@@ -42,7 +42,6 @@ class Subsystem:
         self.nbd = nbd  # where nbdkit serves: {"socket": PATH} or {"port": N}, or {} if not told
         self.chunk_size = chunk_size  # set at start-up, never changed
         self.side_memory = side_memory
-        self.side_dir = side_dir
         self.slots = SlotPool(side_memory, side_dir, chunk_size, spill_keep)  # every session's side store, kept warm
         self.exports = {}
         for i, d in enumerate(devices):

@@ -117,18 +117,18 @@ class StreamWriter:
 
     def _emit(self, *bufs) -> None:
         for buf in bufs:
-            self._digest.update(buf)
-            _write_all(self._out, buf)
-            self.bytes_written += memoryview(buf).nbytes
+            self._put(buf, hashed=True)
 
     def _emit_record(self, head, payload, check) -> None:
-        if self._payloads_in_digest:
-            self._emit(head, payload, check)
-            return
-        self._emit(head)
-        _write_all(self._out, payload)
-        self.bytes_written += memoryview(payload).nbytes
-        self._emit(check)
+        self._put(head, hashed=True)
+        self._put(payload, hashed=self._payloads_in_digest)
+        self._put(check, hashed=True)
+
+    def _put(self, buf, hashed: bool) -> None:
+        if hashed:
+            self._digest.update(buf)
+        _write_all(self._out, buf)
+        self.bytes_written += memoryview(buf).nbytes
 
     def _guarded(self, fn, *args) -> None:
         try:
