@@ -49,7 +49,7 @@ class ConsistencyGroup:
         self.deadline_ms = deadline_ms
         self.members: list[Member] = []
         self.failure: str | None = None  # first failure seen by the heartbeat thread; sticky
-        self.stats_source = dict  # returns the copier's counters, sent with every heartbeat
+        self.stats_source = dict  # returns the copier's published counters (never a dict still changing)
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
@@ -100,20 +100,27 @@ class ConsistencyGroup:
         }
 
     def _all(self, op: str, **fields) -> list[dict]:
-        """OP on every member at once; if any fails, abort the whole group and raise."""
+        """OP on every member at once; if any fails, abort the whole group and raise.
+
+        Whatever interrupts the wait for replies, every call still unanswered is cancelled
+        on the way out, which closes its connection: no lock stays held and no reply is
+        left to be mistaken for the answer to a later request."""
         sent, replies, errors = [], [], []
-        for m in self.members:
-            try:
-                m.client.send(op, **fields)
-            except SubsystemError as e:
-                errors.append(str(e))
-                break
-            sent.append(m)
-        for m in sent:
-            try:
-                replies.append(m.client.receive())
-            except SubsystemError as e:
-                errors.append(str(e))
+        try:
+            for m in self.members:
+                try:
+                    sent.append(m.client.send(op, **fields))
+                except SubsystemError as e:
+                    errors.append(str(e))
+                    break
+            for call in sent:
+                try:
+                    replies.append(call.reply())
+                except SubsystemError as e:
+                    errors.append(str(e))
+        finally:
+            for call in sent:
+                call.cancel()
         if errors:
             self.abort(f"{op} failed")
             raise SessionAborted(f"{op} failed, backup abandoned: {errors[0]}")
