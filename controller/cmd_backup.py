@@ -102,7 +102,7 @@ def _copy(args, group, plan, chunk, host_memory, zero, output) -> dict:
     writer = StreamWriter(output.file, header, args.codec, args.level)
     progress = Progress(sum(d.size for d in datasets), enabled=not args.no_progress)
     copier = Copier(group, plan, writer, chunk, host_memory, args.spill_dir, progress, local=args.read_path == "auto")
-    group.stats_source = lambda: dict(copier.stats)
+    group.stats_source = lambda: copier.published
     copied = copier.run()
     group.check()  # a session that died during the last reads must not yield a backup
     written = writer.finish()

@@ -23,6 +23,7 @@ gathered (at most RECORD_BYTES), the ledger (4 bytes per chunk) and the stream
 index (32 bytes per record) come on top, as fixed overhead.
 """
 
+import time
 from collections import deque
 from itertools import islice
 
@@ -47,6 +48,7 @@ RELEASE_BATCH_BYTES = 16 << 20
 # trip, 64 of them per GiB measured 6% of the copier's time on an idle export).
 QUIET_RELEASE_BATCH_BYTES = 128 << 20
 OPPORTUNISTIC_LIMIT_BYTES = 32 << 20
+PUBLISH_INTERVAL_S = 0.1  # how stale the counters the heartbeat sends may be
 _ZEROS = memoryview(bytes(16 << 20))  # the largest concordance chunk
 
 
@@ -84,7 +86,11 @@ class Copier:
         self.scheduler: Scheduler | None = None
         self.stats = {"chunks_in_order": 0, "chunks_ahead": 0, "chunks_opportunistic": 0,
                       "chunks_zero": 0, "bytes_read": 0, "spilled_bytes": 0, "peak_host_buffer_bytes": 0,
-                      "read_path": {}, "local_refetched_bytes": 0}
+                      "read_path": {}, "local_refetched_bytes": 0}  # the copy loop's own: written by it alone
+        # What other threads (the heartbeat) may read: a copy of `stats`, replaced whole (an atomic
+        # reference swap) by the copy loop now and then, never changed once published.
+        self.published: dict = self._snapshot()
+        self._published_at = 0.0
         self._head = None  # the piece the stream waits for
         self._unreleased: dict[str, list[int]] = {}
         self._unreleased_count = 0
@@ -114,7 +120,11 @@ class Copier:
                 r.close()
             self.buffer.close()
         self.stats["spilled_bytes"] = self.buffer.spilled_bytes
+        self.published = self._snapshot()
         return self.stats
+
+    def _snapshot(self) -> dict:
+        return {**self.stats, "read_path": dict(self.stats["read_path"])}
 
     def _open_view(self, export: str, member) -> ViewReader:
         size = next(e["size"] for e in member.exports if e["name"] == export)
@@ -333,3 +343,7 @@ class Copier:
         held = self.scheduler.held + self.buffer.memory_bytes
         self.stats["peak_host_buffer_bytes"] = max(self.stats["peak_host_buffer_bytes"], held)
         self.stats["spilled_bytes"] = self.buffer.spilled_bytes
+        now = time.monotonic()
+        if now - self._published_at >= PUBLISH_INTERVAL_S:
+            self._published_at = now
+            self.published = self._snapshot()

@@ -111,9 +111,10 @@ class Subsystem:
                 raise ProtocolError("busy", f"session {self.session.sid} is {self.session.phase}")
             side = SideStore(self.slots)
             exports = [self.exports[n] for n in names]
-            self.session = Session(secrets.token_hex(4), exports, self.chunk_size, side, lease_ms / 1000, conn,
-                                   on_end=self._session_ended, track=track)
-        s = self.session
+            # The reply names the session made here: once the lock is released a lease may
+            # expire and another client open a new one, so self.session is not ours to read.
+            s = self.session = Session(secrets.token_hex(4), exports, self.chunk_size, side, lease_ms / 1000,
+                                       conn, on_end=self._session_ended, track=track)
         log(f"session {s.sid} opened on {', '.join(names)}")
         local = {e.name: {"concordance": s.maps[e.index].shared(), "device": e.device.identity()} for e in exports}
         return {"session": s.sid, "views": {n: f"{n}@{s.sid}" for n in names}, "local": local}
@@ -254,7 +255,9 @@ class Subsystem:
     # --- endings that come from outside a request ---------------------------
 
     def _session_ended(self, s: Session) -> None:
-        self.last_status = s.status()
+        status = s.status()
+        with self._lock:
+            self.last_status = status
         if s.abort_reason:
             log(f"session {s.sid} aborted: {s.abort_reason}")
         else:

@@ -115,3 +115,48 @@ def test_subsystem_write_admitted_by_the_thaw_saves_its_chunk_first(tmp_path):
     s.close()
     sub.slots.close()
     export.device.close()
+
+
+class HookedLock:
+    """A lock that runs AFTER_RELEASE (once) right after it is released: whatever another
+    thread could do in that instant, done deterministically."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.after_release = None
+
+    def __enter__(self):
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.release()
+        hook, self.after_release = self.after_release, None
+        if hook:
+            hook()
+
+
+def test_subsystem_open_answers_with_the_session_it_opened_even_if_another_replaced_it(tmp_path):
+    path = tmp_path / "dev.img"
+    path.write_bytes(bytes(4 * CHUNK))
+    sub = Subsystem([Device("dev", str(path))], CHUNK, 1 << 20, str(tmp_path), {"socket": "/nowhere"})
+    sub._lock = lock = HookedLock()
+    first, second = Conn(), Conn()
+    for conn in (first, second):
+        sub.handle(conn, {"op": "hello", "version": 1})
+    others = []
+
+    def lease_expires_and_another_client_opens():
+        sub.session.abort("lease expired")
+        others.append(sub.handle(second, {"op": "open"}))
+
+    lock.after_release = lease_expires_and_another_client_opens
+    mine = sub.handle(first, {"op": "open"})
+    assert others and others[0]["session"] != mine["session"], "the second client got a session of its own"
+    assert sub.session.owner is second
+    with pytest.raises(ProtocolError) as refused:
+        sub.handle(first, {"op": "freeze"})
+    assert refused.value.code == "not-owner", "the first client never holds the second's session"
+    sub.session.close()
+    sub.slots.close()
+    sub.exports["dev"].device.close()
