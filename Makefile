@@ -33,7 +33,7 @@ test: setup vm
 	TZERO_REQUIRE_VM=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m controller.demo
+	$(PY) -m testkit.demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from controller.local_subsystem import LocalSubsystem  # noqa: E402
+from testkit.local_subsystem import LocalSubsystem  # noqa: E402
 
 WORK = os.environ.get("BENCH_DIR", "/var/tmp/tzero-bench")
 RESULTS = os.path.join(REPO, "bench", "results")
@@ -331,13 +331,13 @@ class Writers:
             if p.stdin and not p.stdin.closed:
                 p.stdin.close()
         out = []
-        for p, path in zip(self.procs, self.logs):
+        for p, path in zip(self.procs, self.logs, strict=False):
             if p.wait(60) != 0:
                 raise RuntimeError(f"writer {path} exited {p.returncode}")
             a = array.array("d")
             with open(path, "rb") as f:
                 a.frombytes(f.read())
-            out.append(list(zip(a[0::2], a[1::2])))
+            out.append(list(zip(a[0::2], a[1::2], strict=False)))
         return out
 
 

@@ -19,14 +19,12 @@ import datetime
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (MiB, Stopper, backup, fio, image, machine, nbdcopy_null, need, say,  # noqa: E402
-                          serve, write_result)
+from bench.common import MiB, Stopper, backup, fio, image, machine, nbdcopy_null, need, say, serve, write_result  # noqa: E402
 from bench.sessions import WRITERS, TzeroSide, one_round, summarise  # noqa: E402
-from controller.session import ConsistencyGroup  # noqa: E402
+from controller.backup.group import ConsistencyGroup  # noqa: E402
 
 PAUSE_EXPORT = 256 * MiB
 SPEED_EXPORT = 1024 * MiB

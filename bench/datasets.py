@@ -23,8 +23,8 @@ import subprocess
 import sys
 import time
 
-from bench.common import MiB, REPO, TZERO, image, say, serve
-from controller.workload import DependentWriter, StripedVolume
+from bench.common import REPO, TZERO, MiB, image, say, serve
+from testkit.workload import DependentWriter, StripedVolume
 
 STRIPE = 64 << 10
 WRITERS = 4

@@ -20,8 +20,22 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (TZERO, REPO, MiB, Stopper, backup, child_pid, drop_image, image, nbdcopy_null,  # noqa: E402
-                          rss_kib, say, serve, workdir, write_result)
+from bench.common import (  # noqa: E402
+    REPO,
+    TZERO,
+    MiB,
+    Stopper,
+    backup,
+    child_pid,
+    drop_image,
+    image,
+    nbdcopy_null,
+    rss_kib,
+    say,
+    serve,
+    workdir,
+    write_result,
+)
 
 SIDE = 64 * MiB
 HOST = 64 * MiB

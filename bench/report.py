@@ -70,7 +70,8 @@ def targets(core, ses, wc, mem) -> list[str]:
     rows = []
     if ses:
         t = ses["two_exports"]["tzero"]
-        rows.append(["pause max <= 5 ms (2 subsystems x 4 writers)", f(t["pause_ms_max"]), verdict(t["pause_ms_max"] <= 5)])
+        rows.append(["pause max <= 5 ms (2 subsystems x 4 writers)", f(t["pause_ms_max"]),
+                     verdict(t["pause_ms_max"] <= 5)])
         rows.append(["pause p99 <= 2 ms", f(t["pause_ms_p99"]), verdict(t["pause_ms_p99"] <= 2)])
     if wc:
         s = wc["summary"]
@@ -198,13 +199,15 @@ def speed_section(wc: dict) -> list[str]:
                t["backup_mib_s_idle_wall"] / s["nbdcopy-tzero"]["mib_s"]]]
     for q in QSD:
         ratios.append([f"tzero / {LABEL[q]} (idle)", t["backup_mib_s_idle"] / s[q]["backup_mib_s_idle"]])
-        ratios.append([f"tzero / {LABEL[q]} (under fio)", t["backup_mib_s_under_load"] / s[q]["backup_mib_s_under_load"]])
+        ratios.append([f"tzero / {LABEL[q]} (under fio)",
+                       t["backup_mib_s_under_load"] / s[q]["backup_mib_s_under_load"]])
     for q in QSD_FILE:
         ratios.append([f"tzero / {LABEL[q]}, both to a file (idle)",
                        s["tzero-file"]["backup_mib_s_idle"] / s[q]["backup_mib_s_idle"]])
         ratios.append([f"tzero / {LABEL[q]}, both to a file (under fio)",
                        s["tzero-file"]["backup_mib_s_under_load"] / s[q]["backup_mib_s_under_load"]])
-    ratios.append(["nbdcopy: tzero's live export / nbdkit file (C)", s["nbdcopy-tzero"]["mib_s"] / s["nbdcopy-nbdkit-file"]["mib_s"]])
+    ratios.append(["nbdcopy: tzero's live export / nbdkit file (C)",
+                   s["nbdcopy-tzero"]["mib_s"] / s["nbdcopy-nbdkit-file"]["mib_s"]])
     return (["## 3. Backup speed (1 GiB, MiB/s)", "",
              "tzero: `tzero backup -o -` to /dev/null or over a file, timed by its own `elapsed_s` (connect "
              "to close; the second ratio counts the whole command, interpreter start included). QSD: from "
@@ -229,7 +232,8 @@ def memory_section(mem: dict) -> list[str]:
             rows.append([f"{g['export_bytes'] >> 20} MiB", g["elapsed_s"], g["mib_s"], g["vs_nbdcopy"],
                          g["controller_peak_rss_mib"], g["plugin_peak_rss_mib"]])
     out += ["## 5. Growth: an idle backup of one export", ""]
-    out += table(["size", "time (s)", "MiB/s", "vs nbdcopy", "controller peak RSS (MiB)", "plugin peak RSS (MiB)"], rows)
+    out += table(["size", "time (s)", "MiB/s", "vs nbdcopy", "controller peak RSS (MiB)",
+                  "plugin peak RSS (MiB)"], rows)
     return out
 
 
@@ -243,14 +247,15 @@ def plot(timeline: dict) -> bool:
         return False
     systems = [n for n in ("tzero", *QSD) if n in timeline["systems"]]
     fig, axes = plt.subplots(len(systems), 1, figsize=(10, 2.6 * len(systems)), sharex=True, sharey=True)
-    for ax, name in zip(axes, systems):
+    for ax, name in zip(axes, systems, strict=False):
         d = timeline["systems"][name]
         xs = [p[0] for p in d["points"]]
         ys = [max(p[1], 0.01) for p in d["points"]]
         ax.scatter(xs, ys, s=2, alpha=0.5, linewidths=0)
-        slow = [(x, y) for x, y in zip(xs, ys) if y >= 10]
+        slow = [(x, y) for x, y in zip(xs, ys, strict=False) if y >= 10]
         if slow:
-            ax.scatter([p[0] for p in slow], [p[1] for p in slow], s=14, color="crimson", label="writes of 10 ms or more")
+            ax.scatter([p[0] for p in slow], [p[1] for p in slow], s=14, color="crimson",
+                       label="writes of 10 ms or more")
         ax.axvline(0, color="red", linewidth=1, label="time zero")
         ax.axvline(d["copy_end_s"], color="green", linewidth=1, linestyle="--", label="backup complete")
         ax.set_yscale("log")
@@ -276,7 +281,7 @@ NOTES = """## Reading these figures
   own live export is the read limit of the same path. With `null-co` QSD neither writes a
   backup nor pays for saving old data (its copy-before-write writes into the same
   `null-co`): the "to a file" rows are the comparison of two real backups.
-- tzero's plugin is served with `nbdkit --threads 1` (controller/cmd_serve.py says why):
+- tzero's plugin is served with `nbdkit --threads 1` (controller/cli/serve.py says why):
   one connection's requests run one after another, while QSD and nbdkit's file plugin
   run a connection's requests on a pool of threads. fio uses one connection.
 - QSD's backup target and tzero's side store differ: copy-before-write in QSD writes the

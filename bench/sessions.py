@@ -26,8 +26,20 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (MiB, Stopper, Writers, backup, image, latencies_ms, percentile, say,  # noqa: E402
-                          serve, stall_ms, workdir, write_result)
+from bench.common import (  # noqa: E402
+    MiB,
+    Stopper,
+    Writers,
+    backup,
+    image,
+    latencies_ms,
+    percentile,
+    say,
+    serve,
+    stall_ms,
+    workdir,
+    write_result,
+)
 from bench.qsd import StorageDaemon  # noqa: E402
 
 WRITERS = 4
@@ -39,7 +51,7 @@ class TzeroSide:
     def __init__(self, stopper, layout: dict):
         """LAYOUT: {subsystem: {export: path}}."""
         self.subs = [stopper.add(serve(f"ses-{s}", exports)) for s, exports in layout.items()]
-        self.uris = [sub.uri(n) for sub, exports in zip(self.subs, layout.values()) for n in exports]
+        self.uris = [sub.uri(n) for sub, exports in zip(self.subs, layout.values(), strict=False) for n in exports]
 
     def take(self) -> dict:
         s = backup([sub.control for sub in self.subs])

@@ -34,10 +34,24 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (FIO_NOTE, FioLoad, MiB, Stopper, backup, child_pid, fio, image, iops_between,  # noqa: E402
-                          nbdcopy_null, say, serve, workdir, write_result)
+from bench.common import (  # noqa: E402
+    FIO_NOTE,
+    FioLoad,
+    MiB,
+    Stopper,
+    backup,
+    child_pid,
+    fio,
+    image,
+    iops_between,
+    nbdcopy_null,
+    say,
+    serve,
+    workdir,
+    write_result,
+)
 from bench.qsd import StorageDaemon  # noqa: E402
-from controller.session import ConsistencyGroup  # noqa: E402
+from controller.backup.group import ConsistencyGroup  # noqa: E402
 
 SIZE = 1024 * MiB
 FIO_S = 5

@@ -1,6 +1,6 @@
 """Errors a user can cause or meet, each with its exit status.
 
-Only controller.cli catches broadly; everything else raises one of these with a
+Only controller.cli.main catches broadly; everything else raises one of these with a
 message that stands on its own as one line on stderr.
 """
 

@@ -3,7 +3,7 @@
 Run as `nbdkit -r python nbdplugin/backup_plugin.py backup=PATH` (tzero serve-backup
 builds this command line). Export NAME is dataset NAME; the default export is
 the first dataset. Each callback is a few lines that delegate to
-controller/backup_view.py, which reads records through the stream's index.
+backupformat/view.py, which reads records through the stream's index.
 
 Thread model: SERIALIZE_ALL_REQUESTS. All exports share one file position and
 one cache of decoded records, and decoding holds the GIL anyway.
@@ -15,12 +15,12 @@ import errno
 import os
 import sys
 
-# nbdkit does not put the script's folder on sys.path; the stream package lives beside it.
+# nbdkit does not put the script's folder on sys.path; the backupformat package lives beside it.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import nbdkit  # noqa: E402
 
-from controller.backup_view import BackupFile, FormatError  # noqa: E402
+from backupformat.view import BackupFile, FormatError  # noqa: E402
 
 API_VERSION = 2
 

@@ -1,12 +1,7 @@
 """The concordance of one export: for every chunk, where its time-zero content is.
 
-State table (a chunk only ever moves down this table within one session):
-
-    PENDING  in place on the device, not yet in the backup: a mutation must save it first
-    SAVED    old content is in the side store; the device may already hold newer data
-    DONE     in the backup (released): neither the device nor the side store owes it anything
-
-Forming a map costs one bytearray and reads no data, so it is cheap enough to
+The states and the shared byte layout are common/concordance.py's (PENDING, then SAVED
+or DONE, never back). Forming a map costs one bytearray and reads no data, so it is cheap enough to
 do while writes are frozen. Chunks outside the tracked ranges (when the session
 names some) start DONE: nothing is owed for them, so a mutation there costs one
 state lookup and no copy-before-write.
@@ -14,9 +9,9 @@ state lookup and no copy-before-write.
 Shared with the controller: the states live in a memfd mapping that a controller on
 the same host maps read-only (the session's `open` reply names it), so it can read
 PENDING chunks straight from the device and check afterwards that they were still
-PENDING (controller/local_read.py says why that is exact). Byte 0 of the mapping is
-the DEAD flag, set before the session stops saving chunks (abort, close): from then on
-PENDING no longer means "in place".
+PENDING (controller/backup/local_read.py says why that is exact). The DEAD flag is set
+before the session stops saving chunks (abort, close): from then on PENDING no longer
+means "in place".
 
 Locks: chunk c is guarded by stripe lock c % STRIPES. A mutation holds at most
 one stripe at a time; a reader that needs several takes them in ascending
@@ -29,9 +24,11 @@ import mmap
 import os
 import threading
 
-PENDING, SAVED, DONE = 0, 1, 2
+from common.concordance import DEAD_OFFSET, DONE, HEADER, PENDING, SAVED, chunk_count, mapping_size
+
+__all__ = ["DONE", "PENDING", "SAVED", "STRIPES", "ChunkMap"]
+
 STRIPES = 1024
-HEADER = 8  # byte 0: DEAD (0 or 1); the rest reserved; the states follow
 
 
 class ChunkMap:
@@ -45,10 +42,10 @@ class ChunkMap:
         assert chunk_size > 0 and chunk_size % 512 == 0, "chunk size is validated at start-up"
         self.size = size  # set at formation, never changed
         self.chunk_size = chunk_size  # set at formation, never changed
-        self.count = (size + chunk_size - 1) // chunk_size
+        self.count = chunk_count(size, chunk_size)
         self._fd = os.memfd_create("tzero-concordance", os.MFD_CLOEXEC)
-        os.ftruncate(self._fd, HEADER + self.count)
-        self._shared = mmap.mmap(self._fd, HEADER + self.count)  # zero-filled: alive, all PENDING
+        os.ftruncate(self._fd, mapping_size(self.count))
+        self._shared = mmap.mmap(self._fd, mapping_size(self.count))  # zero-filled: alive, all PENDING
         self.states = memoryview(self._shared)[HEADER:]
         if tracked is not None:
             self.states[:] = bytes([DONE]) * self.count
@@ -90,7 +87,7 @@ class ChunkMap:
 
     def mark_dead(self) -> None:
         """Say, before chunks stop being saved, that PENDING no longer means "in place"."""
-        self._shared[0] = 1
+        self._shared[DEAD_OFFSET] = 1
 
     def close(self) -> None:
         """Drop the descriptor others map it by; the mapping lives on for late readers."""

@@ -9,19 +9,19 @@
     nbd-socket=PATH    where nbdkit serves NBD (announced to the controller in hello)
     nbd-port=PORT      or the TCP port it serves on, on loopback
 
-Sizes take K/M/G suffixes. Everything is validated before anything is served.
+Sizes follow common/units.py's grammar (64K, 256M, 1.5G). Everything is validated before anything is served.
 """
 
 import os
 import re
 import tempfile
 
+from common import units
+
 DEFAULT_CHUNK = 64 << 10
 DEFAULT_SIDE_MEMORY = 256 << 20
 MIN_CHUNK, MAX_CHUNK = 4 << 10, 16 << 20
 EXPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_SIZE = re.compile(r"(\d+)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
-_SHIFT = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
 
 
 class ConfigError(Exception):
@@ -29,10 +29,11 @@ class ConfigError(Exception):
 
 
 def parse_size(text: str, what: str) -> int:
-    m = _SIZE.fullmatch(text.strip())
-    if not m:
-        raise ConfigError(f"{what}: {text!r} is not a size (examples: 65536, 64K, 256M)")
-    return int(m.group(1)) << _SHIFT[m.group(2).upper()]
+    """common/units.py's size grammar, its error a ConfigError."""
+    try:
+        return units.parse_size(text, what)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def parse_export(spec: str) -> tuple[str, str]:
@@ -41,7 +42,8 @@ def parse_export(spec: str) -> tuple[str, str]:
     if not sep or not path:
         raise ConfigError(f"export {spec!r}: expected NAME=PATH")
     if not EXPORT_NAME.fullmatch(name):
-        raise ConfigError(f"export name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        raise ConfigError(f"export name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+                          "starting with a letter or digit")
     return name, os.path.abspath(path)
 
 
@@ -79,7 +81,8 @@ class PluginConfig:
                 raise ConfigError(f"nbd-port {value!r}: not a TCP port")
             self.nbd_port = int(value)
         else:
-            raise ConfigError(f"unknown parameter {key!r} (expected export, control, side-memory, side-dir, spill-keep, chunk, nbd-socket, nbd-port)")
+            raise ConfigError(f"unknown parameter {key!r} (expected export, control, side-memory, side-dir, "
+                              "spill-keep, chunk, nbd-socket, nbd-port)")
 
     def validate(self) -> None:
         if not self.exports:

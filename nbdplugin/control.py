@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 
-from nbdplugin.protocol import MAX_LINE, ProtocolError, encode, parse_request
+from common.protocol import MAX_LINE, ProtocolError, encode, parse_request
 from nbdplugin.subsystem import log
 
 WATCHDOG_INTERVAL_S = 0.05

@@ -8,20 +8,8 @@ import errno
 import os
 import stat
 
-from nbdplugin import syscalls
-
-_ZERO_PIECE = bytes(1 << 20)
-
-
-def read_fully(fd: int, buf, offset: int, name: str) -> None:
-    """Fill BUF from FD at OFFSET, however many preadv calls it takes; OSError(EIO) at an early end."""
-    view = memoryview(buf)
-    done = 0
-    while done < len(view):
-        n = os.preadv(fd, [view[done:]], offset + done)
-        if n == 0:
-            raise OSError(errno.EIO, f"{name}: unexpected end at offset {offset + done}")
-        done += n
+from common import blockdev
+from common.fileio import read_fully, write_all, zero_fill
 
 
 class DeviceError(Exception):
@@ -45,7 +33,7 @@ class Device:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as e:
             raise DeviceError(f"export {name}: {self.path}: {e.strerror}") from None
-        self.size = syscalls.block_device_size(self.fd) if self.is_block else st.st_size
+        self.size = blockdev.block_device_size(self.fd) if self.is_block else st.st_size
 
     def read_into(self, buf, offset: int) -> None:
         read_fully(self.fd, buf, offset, self.path)
@@ -56,12 +44,7 @@ class Device:
         return {"path": self.path, "dev": st.st_dev, "ino": st.st_ino, "rdev": st.st_rdev}
 
     def write(self, buf, offset: int) -> None:
-        done = os.pwrite(self.fd, buf, offset)
-        if done == len(buf):
-            return  # the common case, on every application write
-        view = memoryview(buf)
-        while done < len(view):
-            done += os.pwrite(self.fd, view[done:], offset + done)
+        write_all(self.fd, buf, offset)
 
     def flush(self) -> None:
         os.fdatasync(self.fd)
@@ -70,31 +53,27 @@ class Device:
         """Discard a range; a device that cannot is left as it is (trim is advisory)."""
         try:
             if self.is_block:
-                syscalls.block_range_ioctl(self.fd, syscalls.BLKDISCARD, offset, length)
+                blockdev.discard(self.fd, offset, length)
             else:
-                syscalls.fallocate(self.fd, syscalls.FALLOC_FL_PUNCH_HOLE | syscalls.FALLOC_FL_KEEP_SIZE, offset, length)
+                blockdev.punch_hole(self.fd, offset, length)
         except OSError as e:
-            if not syscalls.unsupported(e):
+            if not blockdev.unsupported(e):
                 raise
 
     def zero(self, offset: int, length: int, may_trim: bool) -> None:
         """Make a range read as zeroes, by the cheapest means the device offers."""
         try:
             if self.is_block:
-                syscalls.block_range_ioctl(self.fd, syscalls.BLKZEROOUT, offset, length)
+                blockdev.zeroout(self.fd, offset, length)
             elif may_trim:
-                syscalls.fallocate(self.fd, syscalls.FALLOC_FL_PUNCH_HOLE | syscalls.FALLOC_FL_KEEP_SIZE, offset, length)
+                blockdev.punch_hole(self.fd, offset, length)
             else:
-                syscalls.fallocate(self.fd, syscalls.FALLOC_FL_ZERO_RANGE | syscalls.FALLOC_FL_KEEP_SIZE, offset, length)
+                blockdev.zero_range(self.fd, offset, length)
             return
         except OSError as e:
-            if not syscalls.unsupported(e):
+            if not blockdev.unsupported(e):
                 raise
-        end = offset + length
-        while offset < end:
-            n = min(len(_ZERO_PIECE), end - offset)
-            self.write(memoryview(_ZERO_PIECE)[:n], offset)
-            offset += n
+        zero_fill(self.fd, offset, length)
 
     def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
         """(offset, length, is_hole) runs covering [offset, offset+length), from SEEK_DATA/SEEK_HOLE."""

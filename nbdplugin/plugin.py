@@ -75,7 +75,11 @@ def config_complete():
 
 def get_ready():
     devices = [Device(name, path) for name, path in _config.exports]
-    nbd = {"socket": _config.nbd_socket} if _config.nbd_socket else {"port": _config.nbd_port} if _config.nbd_port else {}
+    nbd: dict = {}
+    if _config.nbd_socket:
+        nbd = {"socket": _config.nbd_socket}
+    elif _config.nbd_port:
+        nbd = {"port": _config.nbd_port}
     subsystem = Subsystem(devices, _config.chunk, _config.side_memory, _config.side_dir, nbd, _config.spill_keep)
     server = ControlServer(_config.control, subsystem)
     server.bind()

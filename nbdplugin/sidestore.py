@@ -14,9 +14,9 @@ session closes gives its slot back itself, so close() never hands the pool a slo
 someone is writing.
 """
 
-import os
 import threading
 
+from common.fileio import read_fully, write_all
 from nbdplugin.slots import SlotPool, SpillUnavailable
 
 MEMORY, SPILL = 0, 1
@@ -80,9 +80,7 @@ class SideStore:
 
     def _write_spill(self, slot: int, view) -> None:
         try:
-            written = os.pwrite(self.pool.spill_fd, view, slot * self.pool.chunk_size)
-            if written != len(view):
-                raise OSError(28, "short write to the spill file")
+            write_all(self.pool.spill_fd, view, slot * self.pool.chunk_size)
         except OSError as e:
             raise SideStoreFull(f"spill file in {self.pool.spill_dir}: {e.strerror or e}") from e
 
@@ -98,9 +96,7 @@ class SideStore:
         if kind == MEMORY:
             view[:] = self.pool.memory[at:at + len(view)]
             return True
-        n = os.preadv(self.pool.spill_fd, [view], at)
-        if n != len(view):
-            raise OSError(5, f"spill file read short: expected {len(view)} bytes, got {n}")
+        read_fully(self.pool.spill_fd, view, at, "the spill file")
         return True
 
     def get(self, key: tuple[int, int]) -> bytes | None:
@@ -147,4 +143,5 @@ class SideStore:
             self._closed = True
             where, self._where = self._where, {}
             self.memory_bytes = self.spill_bytes = 0
-        self.pool.give([s for k, s, _ in where.values() if k == MEMORY], [s for k, s, _ in where.values() if k == SPILL])
+        self.pool.give([s for k, s, _ in where.values() if k == MEMORY],
+                       [s for k, s, _ in where.values() if k == SPILL])

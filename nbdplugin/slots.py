@@ -22,10 +22,10 @@ file; `spill_fd` is read without it (set once, an atomic attribute read).
 """
 
 import os
-import tempfile
 import threading
 
-from nbdplugin.arena import huge_page_arena
+from common.arena import huge_page_arena
+from common.fileio import unlinked_scratch_file
 
 
 class SpillUnavailable(Exception):
@@ -65,11 +65,9 @@ class SlotPool:
         with self._lock:
             if self.spill_fd is None:
                 try:
-                    fd, path = tempfile.mkstemp(prefix="tzero-spill-", dir=self.spill_dir)
+                    self.spill_fd = unlinked_scratch_file(self.spill_dir, "tzero-spill-")
                 except OSError as e:
                     raise SpillUnavailable(f"cannot create a spill file in {self.spill_dir}: {e.strerror}") from e
-                os.unlink(path)
-                self.spill_fd = fd
             if self._free_spill:
                 return self._free_spill.pop()
             self._spill_made += 1

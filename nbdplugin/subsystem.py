@@ -12,16 +12,20 @@ import threading
 import time
 from dataclasses import dataclass
 
+from common.protocol import (
+    DEFAULT_DEADLINE_MS,
+    DEFAULT_LEASE_MS,
+    DEFAULT_SAVED_LIMIT,
+    FAILURE_POLICY,
+    SUPPORTED_VERSIONS,
+    VERSION,
+    ProtocolError,
+)
 from nbdplugin.device import Device
 from nbdplugin.gate import FreezeTimeout, WriteGate
-from nbdplugin.protocol import SUPPORTED_VERSIONS, VERSION, ProtocolError
 from nbdplugin.session import ACTIVE, FROZEN, OPEN, Session
 from nbdplugin.sidestore import SideStore
 from nbdplugin.slots import SlotPool
-
-DEFAULT_DEADLINE_MS = 2000
-DEFAULT_LEASE_MS = 30000
-DEFAULT_SAVED_LIMIT = 4096
 
 
 @dataclass
@@ -87,7 +91,8 @@ class Subsystem:
 
     def _hello(self, conn, msg):
         if msg["version"] not in SUPPORTED_VERSIONS:
-            raise ProtocolError("bad-version", f"protocol version {msg['version']} unsupported (this plugin speaks {VERSION})")
+            raise ProtocolError("bad-version",
+                                f"protocol version {msg['version']} unsupported (this plugin speaks {VERSION})")
         conn.greeted = True
         return {
             "version": VERSION,
@@ -95,13 +100,15 @@ class Subsystem:
             "chunk_size": self.chunk_size,
             "side_memory": self.side_memory,
             "nbd": self.nbd,
+            "failure_policy": FAILURE_POLICY,
         }
 
     def _open(self, conn, msg):
         names = msg.get("exports") or list(self.exports)
         unknown = [n for n in names if n not in self.exports]
         if unknown or len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
-            raise ProtocolError("unknown-export", f"no such export: {', '.join(map(str, unknown)) or 'duplicate names'}")
+            raise ProtocolError("unknown-export",
+                                f"no such export: {', '.join(map(str, unknown)) or 'duplicate names'}")
         lease_ms = msg.get("lease_ms", DEFAULT_LEASE_MS)
         if lease_ms <= 0:
             raise ProtocolError("bad-message", "lease_ms must be positive")
@@ -144,7 +151,8 @@ class Subsystem:
             raise ProtocolError("not-owner", f"session {s.sid} belongs to another connection")
         s.last_seen = time.monotonic()
         if not s.alive:
-            raise ProtocolError("aborted" if s.abort_reason else "no-session", s.abort_reason or f"session {s.sid} is {s.phase}")
+            raise ProtocolError("aborted" if s.abort_reason else "no-session",
+                                s.abort_reason or f"session {s.sid} is {s.phase}")
         return s
 
     def _freeze(self, s: Session, msg):

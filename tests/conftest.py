@@ -1,11 +1,15 @@
+"""Fixtures shared by every test directory; tests/vm/conftest.py adds the guests'."""
+
 import os
+import subprocess
 import sys
+import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from helpers import Subsystem  # noqa: E402
+from helpers import Subsystem, accepts_unix  # noqa: E402
 
 
 @pytest.fixture
@@ -21,3 +25,30 @@ def serve(tmp_path):
     yield start
     for s in started:
         s.stop()
+
+
+@pytest.fixture
+def nbdkit_server(tmp_path):
+    """Factory: nbdkit_server(PLUGIN, *ARGS, options=[...]) -> the unix socket path of a stock
+    nbdkit serving PLUGIN ARGS in the foreground, once it accepts; stopped at teardown."""
+    procs = []
+
+    def start(*args, options=()):
+        sock = tmp_path / f"nbdkit{len(procs)}.sock"
+        proc = subprocess.Popen(["nbdkit", "-f", "--exit-with-parent", *options, "-U", str(sock), *args],
+                                stderr=subprocess.PIPE)
+        procs.append((proc, sock))
+        deadline = time.monotonic() + 20
+        while not accepts_unix(sock):
+            if proc.poll() is not None:
+                raise AssertionError(f"nbdkit {args} exited: {proc.stderr.read().decode()}")
+            assert time.monotonic() < deadline, "nbdkit did not accept connections in 20 s"
+            time.sleep(0.02)
+        return str(sock)
+
+    yield start
+    for proc, sock in procs:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stderr.close()
+        sock.unlink(missing_ok=True)  # nbdkit leaves it behind on SIGTERM

@@ -2,16 +2,20 @@
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
 
 import nbd
+import pytest
 
-from controller.local_subsystem import LocalSubsystem
-from controller.workload import make_image  # noqa: F401  (tests import it from here)
+from testkit.local_subsystem import LocalSubsystem
+from testkit.workload import make_image  # noqa: F401  (tests import it from here)
 
 TZERO = [sys.executable, "-m", "controller"]
+needs_nbdkit = pytest.mark.skipif(shutil.which("nbdkit") is None, reason="nbdkit not installed")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -31,16 +35,18 @@ class Subsystem(LocalSubsystem):
     """`tzero serve` in the background, its output kept in NAME.log for failure messages."""
 
     def __init__(self, workdir, name: str, exports: dict, *options):
-        self.log = open(os.path.join(str(workdir), f"{name}.log"), "w+")
+        self.log_path = os.path.join(str(workdir), f"{name}.log")
+        self.log = open(self.log_path, "w+")
         try:
             super().__init__(workdir, name, exports, *options, log=self.log)
         except RuntimeError as e:
             raise AssertionError(f"{e}:\n{self.output()}") from None
 
     def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
+        if not self.log.closed:
+            self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()
 
     def status(self) -> dict:
         return last_json(tzero("status", self.control, "--json").stdout)
@@ -70,3 +76,15 @@ def wait_for(predicate, timeout: float, what: str):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+def accepts_unix(path) -> bool:
+    """True once a server listens on unix socket PATH (its file appears at bind, before listen)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()

@@ -9,8 +9,10 @@ import threading
 import time
 
 import pytest
-from helpers import TZERO, REPO, last_json, make_image, tzero, wait_for
-from controller.workload import DependentWriter, time_zero_problems
+
+from testkit.workload import DependentWriter, time_zero_problems
+
+from helpers import REPO, TZERO, last_json, make_image, tzero, wait_for
 
 SIZE = 16 << 20
 WRITERS = 4
@@ -61,7 +63,8 @@ class Load:
         tz = datetime.datetime.fromisoformat(summary["time_zero"]).timestamp()
         problems, cuts = time_zero_problems(self.writers, self.initial, restored, tz)
         assert not problems
-        assert all(0 < k < len(w.log) for k, w in zip(cuts, self.writers)), "time zero fell mid-run for every writer"
+        assert all(0 < k < len(w.log) for k, w in zip(cuts, self.writers, strict=True)), \
+            "time zero fell mid-run for every writer"
 
 
 def paced_copy(proc, sink, load: Load) -> None:

@@ -6,8 +6,9 @@ import os
 import stat
 
 import pytest
-from control import RawControl
+
 from helpers import make_image
+from raw_control import RawControl
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ partitions and concatenations, the order of the stream, refusals, and memory."""
 
 import datetime
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -11,16 +10,18 @@ import threading
 import time
 
 import pytest
+
+from backupformat import StreamReader
+from testkit.workload import DependentWriter, StripedVolume, time_zero_problems
+
 from helpers import REPO, TZERO, last_json, make_image, tzero, wait_for
-from controller.stream import StreamReader
-from controller.workload import DependentWriter, StripedVolume, time_zero_problems
 
 LEG = 16 << 20
 WRITERS = 4
 
 
 def striped_image(legs: list[bytes], chunk: int) -> bytes:
-    """The logical volume the legs hold, computed apart from controller/layout.py."""
+    """The logical volume the legs hold, computed apart from controller/backup/layout.py."""
     out = bytearray()
     for c in range(len(legs) * (len(legs[0]) // chunk)):
         leg, row = c % len(legs), c // len(legs)
@@ -76,7 +77,8 @@ def test_stripe_volume_on_two_subsystems_under_writers_restores_a_prefix_at_time
     tz = datetime.datetime.fromisoformat(summary["time_zero"]).timestamp()
     problems, cuts = time_zero_problems(writers, [striped_image(legs, stripe_bytes)], [restored], tz)
     assert not problems
-    assert all(0 < k < len(w.log) for k, w in zip(cuts, writers)), "time zero fell mid-run for every writer"
+    assert all(0 < k < len(w.log) for k, w in zip(cuts, writers, strict=True)), \
+        "time zero fell mid-run for every writer"
 
 
 def gpt_disk(path, size=8 << 20) -> bytes:

@@ -1,12 +1,12 @@
 """Live exports and time-zero views through real nbdkit and libnbd."""
 
-import os
 import subprocess
 
 import nbd
 import pytest
-from control import RawControl
+
 from helpers import make_image
+from raw_control import RawControl
 
 SIZE = 4 << 20
 CHUNK = 64 << 10

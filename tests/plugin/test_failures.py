@@ -7,8 +7,9 @@ import threading
 import time
 
 import pytest
-from control import RawControl
+
 from helpers import REPO, TZERO, make_image, tzero, wait_for
+from raw_control import RawControl
 
 SIZE = 4 << 20
 
@@ -163,5 +164,6 @@ def test_serve_refuses_bad_exports_with_one_line(tmp_path, args, fragment):
     img = tmp_path / "x.img"
     img.write_bytes(bytes(4096))
     args = [a.format(tmp=tmp_path, img=img) for a in args]
-    proc = tzero("serve", "--control", tmp_path / "c.ctl", "--socket", tmp_path / "n.sock", *args, check=False, timeout=60)
+    proc = tzero("serve", "--control", tmp_path / "c.ctl", "--socket", tmp_path / "n.sock", *args,
+                 check=False, timeout=60)
     assert proc.returncode == 2 and fragment in one_line(proc.stderr)

@@ -5,9 +5,9 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 
 import pytest
+
 from helpers import REPO, TZERO, last_json, make_image, tzero, wait_for
 
 pytestmark = pytest.mark.skipif(not all(shutil.which(t) for t in ("nbdcopy", "nbdinfo", "qemu-img")),

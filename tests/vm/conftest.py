@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for where in (str(REPO), str(Path(__file__).resolve().parent)):  # vm/, and vmhelpers beside us
+    if where not in sys.path:
+        sys.path.insert(0, where)
 
 from vm import guest as vmguest  # noqa: E402
 
@@ -37,7 +38,7 @@ def vm_kit():
         pytest.skip(f"{missing}: run `make vm`")
     # The guest's root is read-only: whatever is not compiled on the host is compiled
     # again, slowly, in every guest run.
-    for package in ("controller", "nbdplugin"):
+    for package in ("common", "backupformat", "nbdplugin", "controller", "testkit"):
         compileall.compile_dir(str(REPO / package), quiet=1)
     return vmguest.kit_dir()
 

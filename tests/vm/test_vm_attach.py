@@ -10,6 +10,7 @@ import shutil
 import subprocess
 
 import pytest
+
 from vmhelpers import SHELL_PRELUDE, check, guest, wait_for_socket_sh
 
 pytestmark = pytest.mark.vm

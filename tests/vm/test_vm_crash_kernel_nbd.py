@@ -15,10 +15,20 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from vmhelpers import (GUEST_TIMEOUT, REPO, SHELL_PRELUDE, check, guest, io_errors, iso_epoch, last_json,
-                       wait_for_file_sh)
 
 from vm import dbload
+
+from vmhelpers import (
+    GUEST_TIMEOUT,
+    REPO,
+    SHELL_PRELUDE,
+    check,
+    guest,
+    io_errors,
+    iso_epoch,
+    last_json,
+    wait_for_file_sh,
+)
 
 pytestmark = pytest.mark.vm
 

@@ -29,12 +29,22 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from helpers import TZERO, Subsystem, tzero, wait_for
-from vmhelpers import (GUEST_TIMEOUT, REPO, SHELL_PRELUDE, check, guest, io_errors, iso_epoch, last_json,
-                       wait_for_file_sh)
 
 from vm import dbload
 from vm.guest import Disk
+
+from helpers import TZERO, Subsystem, tzero, wait_for
+from vmhelpers import (
+    GUEST_TIMEOUT,
+    REPO,
+    SHELL_PRELUDE,
+    check,
+    guest,
+    io_errors,
+    iso_epoch,
+    last_json,
+    wait_for_file_sh,
+)
 
 pytestmark = pytest.mark.vm
 
@@ -136,7 +146,7 @@ def story(module_job, tmp_path_factory):
             for i, (name, path) in enumerate(legs.items(), start=1)]
     log = module_job / "commits.log"
     try:
-        disks = [Disk(f"leg{name}", nbd_socket=s.socket, nbd_export=name) for name, s in zip(legs, subs)]
+        disks = [Disk(f"leg{name}", nbd_socket=s.socket, nbd_export=name) for name, s in zip(legs, subs, strict=False)]
         with guest(WRITER, module_job, disks=disks, timeout=2 * GUEST_TIMEOUT) as g:
             g.wait_for("READY")
             backup_started = time.time()

@@ -1,9 +1,10 @@
 """The boot kit and vm/guest.py: a guest boots, runs its one script, and reports back."""
 
 import pytest
-from vmhelpers import guest
 
 from vm.guest import GuestTimeout, kit_info
+
+from vmhelpers import guest
 
 pytestmark = pytest.mark.vm
 

@@ -6,9 +6,10 @@ the host reads the guest's patterns straight out of the image files.
 """
 
 import pytest
-from vmhelpers import check, guest
 
 from vm.guest import Disk
+
+from vmhelpers import check, guest
 
 pytestmark = pytest.mark.vm
 

@@ -2,6 +2,7 @@
 log, and the time arithmetic. These run in `make check` (no vm marker)."""
 
 import pytest
+
 from vmhelpers import io_errors, iso_epoch
 
 QUIET_LOG = """\

@@ -1,0 +1,32 @@
+"""The shared concordance's byte layout: what the plugin writes and a local controller reads.
+
+The plugin keeps each export's chunk states in a memfd mapping; a controller on the same
+host maps it read-only (the session's `open` reply names it) to read PENDING chunks
+straight from the device. Both sides use these names, so the layout is written once.
+
+    byte 0                 DEAD flag: 0 while the session saves chunks, 1 from the moment
+                           it stops (abort, close): PENDING no longer means "in place"
+    bytes 1 .. HEADER-1    reserved, zero
+    byte HEADER + c        the state of chunk c: PENDING, SAVED or DONE
+
+State table (a chunk only ever moves down it within one session):
+
+    PENDING  in place on the device, not yet in the backup: a mutation must save it first
+    SAVED    old content is in the side store; the device may already hold newer data
+    DONE     in the backup (released), or never tracked: nothing is owed for it
+"""
+
+PENDING, SAVED, DONE = 0, 1, 2
+STATE_NAMES = {PENDING: "pending", SAVED: "saved", DONE: "done"}
+DEAD_OFFSET = 0
+HEADER = 8
+
+
+def mapping_size(chunks: int) -> int:
+    """Bytes of the mapping that holds CHUNKS states."""
+    return HEADER + chunks
+
+
+def chunk_count(size: int, chunk_size: int) -> int:
+    """Chunks covering SIZE bytes; the last one may be short."""
+    return -(-size // chunk_size)

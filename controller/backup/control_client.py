@@ -1,0 +1,138 @@
+"""Client side of the control protocol (common/protocol.py) for one storage subsystem.
+
+Requests on one connection are strictly one at a time, and a request and its reply
+are one unit (a Call): the heartbeat thread and the copier share a client, and an
+exception between sending a request and reading its reply (Ctrl-C, a timeout) must
+neither leave the connection locked nor let a later request read that stale reply.
+`send` returns the Call so a caller can put a request to every subsystem before
+waiting for any reply, which is how the freeze reaches all subsystems at nearly one
+instant.
+"""
+
+import json
+import socket
+import threading
+
+from common.protocol import MAX_LINE, VERSION, encode
+from controller.errors import SubsystemError
+
+CONNECT_TIMEOUT_S = 5.0
+REPLY_TIMEOUT_S = 60.0
+
+
+class RequestFailed(SubsystemError):
+    """the subsystem answered with an error"""
+
+    def __init__(self, where: str, reply: dict):
+        super().__init__(f"{where}: {reply.get('message') or reply.get('error')}")
+        self.code = reply.get("error")
+
+
+class Call:
+    """One request on the wire whose reply is not read yet.
+
+    It holds its client's lock from send until exactly one of reply() or cancel() ends it,
+    so no other request can interleave with it. cancel() after reply() does nothing;
+    cancel() before it means the reply will never be read, so the connection is out of
+    step: the client closes it (the subsystem then aborts a session this connection
+    owns) and fails every later request at once.
+    """
+
+    def __init__(self, client: "ControlClient", op: str):
+        self._client = client
+        self.op = op
+        self._ended = False
+
+    def reply(self) -> dict:
+        """Read and return the reply; RequestFailed if it is an error reply."""
+        assert not self._ended, "a call is answered once"
+        client = self._client
+        try:
+            line = client._reader.readline(MAX_LINE + 1)
+        except BaseException as e:
+            self._end(broken=f"{self.op}: reading the reply failed")
+            if isinstance(e, OSError):
+                raise SubsystemError(f"{client.path}: {self.op}: {e.strerror or e}") from None
+            raise
+        if not line.endswith(b"\n"):
+            self._end(broken=f"{self.op}: the reply was cut short")
+            if not line:
+                raise SubsystemError(f"{client.path}: the subsystem closed the control connection")
+            raise SubsystemError(f"{client.path}: {self.op}: reply cut short or longer than {MAX_LINE} bytes")
+        self._end()
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise SubsystemError(f"{client.path}: {self.op}: garbled reply") from None
+        if not isinstance(reply, dict):
+            raise SubsystemError(f"{client.path}: {self.op}: garbled reply")
+        if not reply.get("ok"):
+            raise RequestFailed(f"{client.path}: {self.op}", reply)
+        return reply
+
+    def cancel(self) -> None:
+        """The reply will not be read: leave the connection closed rather than out of step."""
+        if not self._ended:
+            self._end(broken=f"the reply to {self.op} was never read")
+
+    def _end(self, broken: str | None = None) -> None:
+        self._ended = True
+        if broken:
+            self._client._break(broken)
+        self._client._lock.release()
+
+
+class ControlClient:
+    """One control connection. `_lock` is held by the one Call in flight (a request and its
+    reply are one unit); `_broken` says why the connection was given up, once it was."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._lock = threading.Lock()
+        self._broken: str | None = None
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(CONNECT_TIMEOUT_S)
+        try:
+            self._sock.connect(path)
+        except OSError as e:
+            self._sock.close()
+            raise SubsystemError(f"control socket {path}: {e.strerror or e}") from None
+        self._sock.settimeout(REPLY_TIMEOUT_S)
+        self._reader = self._sock.makefile("rb")
+        self.info = self.request("hello", version=VERSION)
+
+    def send(self, op: str, **fields) -> Call:
+        """Put a request on the wire and return its Call; the caller ends it with reply() or
+        cancel() (a `finally: call.cancel()` is always safe). This split lets a request go
+        to every subsystem before any reply is awaited."""
+        self._lock.acquire()
+        call = Call(self, op)
+        try:
+            if self._broken:
+                raise SubsystemError(f"{self.path}: {op}: the control connection is out of step ({self._broken})")
+            self._sock.sendall(encode({"op": op, **fields}))
+        except BaseException as e:
+            call._end(broken=None if self._broken else f"{op}: sending failed")
+            if isinstance(e, OSError):
+                raise SubsystemError(f"{self.path}: {op}: {e.strerror or e}") from None
+            raise
+        return call
+
+    def request(self, op: str, **fields) -> dict:
+        call = self.send(op, **fields)
+        try:
+            return call.reply()
+        finally:
+            call.cancel()
+
+    def _break(self, why: str) -> None:
+        """Called with the lock held: the stream is out of step, so close it for good."""
+        self._broken = why
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._reader.close()
+        self._sock.close()

@@ -1,0 +1,350 @@
+"""The copier: walks the stream in its specified order and writes every piece when its turn comes.
+
+Order: datasets in the order given, each in ascending logical order (layout.py
+makes the pieces in that order). The scheduler keeps reads going on every
+export's view at once (several in flight each, all subsystems in parallel);
+the copier takes pieces from the front of the stream only: from the read that
+holds them, or from the reorder buffer if side-store pressure had them fetched
+early.
+
+Opportunistic copy: when a subsystem reports side-store pressure, its saved
+chunks are fetched at once, released, and their pieces parked in the reorder
+buffer (memory, then its spill file) until their turn.
+
+Release: a concordance chunk is released once the ledger says every byte the
+backup needs from it is in controller memory (a completed read, the reorder
+buffer) or already in the stream: from then on the side store need not keep it.
+Releases are batched to keep control round trips few, in bigger batches while
+no subsystem holds a saved chunk (then nobody is writing to what was read).
+
+Memory: the read buffers (a pool of half of host_memory) plus the reorder
+buffer's memory (the other half) never exceed host_memory; the record being
+gathered (at most RECORD_BYTES), the ledger (4 bytes per chunk) and the stream
+index (32 bytes per record) come on top, as fixed overhead.
+"""
+
+import time
+from collections import deque
+from itertools import islice
+
+import nbd
+
+from common.protocol import ranges_of
+from controller.backup.layout import pieces, pieces_at
+from controller.backup.ledger import Ledger
+from controller.backup.local_read import LocalRead
+from controller.backup.plan import recheck_partitions
+from controller.backup.records import RecordAssembler
+from controller.backup.reorder import ReorderBuffer
+from controller.backup.scheduler import Scheduler, key
+from controller.backup.view_reader import CONNECTIONS_PER_VIEW, BufferPool, ViewReader, wait
+from controller.errors import SessionAborted, UsageError
+from controller.nbd.connect import connect
+
+REQUEST_BYTES = 1 << 20
+RECORD_BYTES = 1 << 20
+RELEASE_BATCH_BYTES = 16 << 20
+# While no subsystem holds a saved chunk nobody is writing to what was read, and a release
+# only spares later writes a needless save: release less often (each is a control round
+# trip, 64 of them per GiB measured 6% of the copier's time on an idle export).
+QUIET_RELEASE_BATCH_BYTES = 128 << 20
+OPPORTUNISTIC_LIMIT_BYTES = 32 << 20
+PUBLISH_INTERVAL_S = 0.1  # how stale the counters the heartbeat sends may be
+_ZEROS = memoryview(bytes(16 << 20))  # the largest concordance chunk
+
+
+def pool_shape(read_budget: int, chunk_size: int, exports: int) -> tuple[int, int]:
+    """(request size, buffer count) of the read pool: READ_BUDGET bytes, at least one buffer per
+    export and one more (scheduler.py says why). With many exports and little memory, smaller
+    requests (whole chunks) rather than fewer buffers; UsageError if not even that fits."""
+    slots = exports + 1
+    request = max(REQUEST_BYTES, chunk_size)
+    if read_budget // request < slots:
+        request = read_budget // slots // chunk_size * chunk_size
+    if request < chunk_size:
+        need = -(-2 * slots * chunk_size >> 20)
+        raise UsageError(f"--host-memory must be at least {need} MiB for {exports} exports "
+                         f"with {chunk_size >> 10} KiB chunks")
+    return request, read_budget // request
+
+
+class Copier:
+    def __init__(self, group, plan, writer, chunk_size: int, host_memory: int,
+                 spill_dir: str | None = None, progress=None, local: bool = True):
+        self.group = group
+        self.local = local  # read views straight from the device where possible (local_read.py)
+        self.plan = plan
+        self.writer = writer
+        self.chunk = chunk_size
+        self.ledger = Ledger(chunk_size, plan.claims())
+        read_budget = host_memory // 2
+        self.request_bytes, count = pool_shape(read_budget, chunk_size, len(self.ledger.exports))
+        self.pool = BufferPool(self.request_bytes, count)
+        self.buffer = ReorderBuffer(host_memory - read_budget, spill_dir)
+        self.records = RecordAssembler(writer, RECORD_BYTES)
+        self.progress = progress or (lambda done: None)
+        self.readers: dict[str, ViewReader] = {}
+        self.scheduler: Scheduler | None = None
+        self.stats = {"chunks_in_order": 0, "chunks_ahead": 0, "chunks_opportunistic": 0,
+                      "chunks_zero": 0, "bytes_read": 0, "spilled_bytes": 0, "peak_host_buffer_bytes": 0,
+                      "read_path": {}, "local_refetched_bytes": 0}  # the copy loop's own: written by it alone
+        # What other threads (the heartbeat) may read: a copy of `stats`, replaced whole (an atomic
+        # reference swap) by the copy loop now and then, never changed once published.
+        self.published: dict = self._snapshot()
+        self._published_at = 0.0
+        self._head = None  # the piece the stream waits for
+        self._unreleased: dict[str, list[int]] = {}
+        self._unreleased_count = 0
+        self._done_bytes = 0
+
+    def run(self) -> dict:
+        """Copy everything; returns the counters. SessionAborted if a view read fails."""
+        try:
+            for export, m in self.plan.owner.items():
+                if export in self.ledger.exports:
+                    self.readers[export] = self._open_view(export, m)
+            self.scheduler = Scheduler(list(self.readers.values()), self.pool)
+            recheck_partitions(self.plan.checks, self.readers)
+            for c in self.plan.checks:
+                for off, n in c.table:
+                    self._settled(c.export, self.ledger.settle(c.export, off, n))
+            self._copy()
+            self.records.flush()
+            self._release_all()
+        except nbd.Error as e:
+            reason = self.group.explain()  # a subsystem-side abort explains a failed read best
+            raise SessionAborted(f"backup abandoned: {reason or f'reading a time-zero view failed: {e}'}") from None
+        finally:
+            for r in self.readers.values():
+                if r.local is not None:
+                    self.stats["local_refetched_bytes"] += r.local.fixed_bytes
+                r.close()
+            self.buffer.close()
+        self.stats["spilled_bytes"] = self.buffer.spilled_bytes
+        self.published = self._snapshot()
+        return self.stats
+
+    def _snapshot(self) -> dict:
+        return {**self.stats, "read_path": dict(self.stats["read_path"])}
+
+    def _open_view(self, export: str, member) -> ViewReader:
+        size = next(e["size"] for e in member.exports if e["name"] == export)
+        handles = []
+        try:
+            for _ in range(CONNECTIONS_PER_VIEW):
+                h = connect(member.nbd, member.views[export])
+                handles.append(h)
+                if h.get_size() != size:
+                    raise SessionAborted(f"view {member.views[export]} is {h.get_size()} bytes, expected {size}")
+        except BaseException:
+            for h in handles:
+                try:
+                    h.shutdown()
+                except nbd.Error:
+                    pass
+            raise
+        local, why = LocalRead.open(export, member.local.get(export), size) if self.local else (None, "--read-path nbd")
+        self.stats["read_path"][export] = "local" if local else f"nbd ({why})"
+        return ViewReader(export, handles, pieces(self.plan.datasets, self.chunk, export), local)
+
+    def _taken(self, p) -> bool:
+        """True for a piece that needs no read: already written (before the head), or fetched early."""
+        if self._head is None:
+            return True
+        k = key(p)
+        return k < key(self._head) or k in self.buffer
+
+    # --- the stream, in order -------------------------------------------------
+
+    def _copy(self) -> None:
+        stream = pieces(self.plan.datasets, self.chunk)
+        for head in stream:
+            self._head = head
+            self.group.check()
+            if any(m.pressure for m in self.plan.owner.values()):
+                self._relieve_pressure()
+            if key(head) in self.buffer:
+                data = self.buffer.take(key(head))
+                self._emit(head, data)
+                continue
+            last, more = self._emit_from_read(head, self.readers[head.export])
+            if more:
+                skipped = deque(islice(stream, more), maxlen=1)
+                assert key(skipped[0]) == key(last), "a run emitted from one read is the stream's next pieces"
+        self._head = None
+
+    def _emit_from_read(self, head, reader: ViewReader):
+        """Emit HEAD and whatever follows it in the stream from the same read; returns the last
+        piece emitted and how many were emitted after HEAD (the caller skips that many)."""
+        read = reader.queue[0] if reader.queue else None
+        if read is None or not read.done:
+            # Reads are issued only here and when a buffer comes back: while the head's read
+            # is done and held, nothing has changed that could let fill() issue another.
+            self.scheduler.fill(head, self._taken)
+            self._note_peak()
+            read = reader.queue[0]
+            while not read.done:
+                self._pump()
+                self.scheduler.fill(head, self._taken)
+                self._note_peak()
+        assert key(read.pieces[0]) == key(head), "an export's reads hold its pieces in stream order"
+        # The head and the pieces after it in the same read that are also next in the stream
+        # (the same dataset, logically adjacent: nothing can come between them) go out now.
+        piece, more = head, 0
+        run = None  # the first of the non-zero pieces not added to the record yet
+        while True:
+            read.pieces.popleft()
+            if read.buf.is_zero(piece.physical - read.physical, piece.length):
+                self._emit_run(read, run, piece.physical)
+                run = None
+                self._emit(piece, None)
+            elif run is None:
+                run = piece
+            if not read.pieces:
+                break
+            nxt = read.pieces[0]
+            if nxt.dataset != piece.dataset or nxt.logical != piece.logical + piece.length:
+                break
+            piece = nxt
+            more += 1
+        self._emit_run(read, run, piece.physical + piece.length)
+        self.stats["chunks_ahead" if read.ahead else "chunks_in_order"] += more + 1
+        if not read.pieces:
+            reader.queue.popleft()
+            self.records.release(read)
+            self.scheduler.taken(read)
+            self.stats["bytes_read"] += read.length
+            self._head = piece
+            self.scheduler.fill(piece, self._taken)  # its buffer may start the next read at once
+            self._note_peak()
+        return piece, more
+
+    def _pump(self) -> None:
+        """Wait for some reads to complete and take note of them: their bytes are in memory."""
+        for r, completed in wait(list(self.readers.values())):
+            if completed.aside:
+                self._park(r, completed)
+            else:
+                # A read covers physically contiguous pieces: settle them as one range.
+                self._settled(r.export, self.ledger.settle(r.export, completed.physical, completed.length))
+
+    def _emit_run(self, read, first, end) -> None:
+        """Add READ's bytes from piece FIRST (None: nothing to add) up to physical offset END as one
+        run: the pieces in it are adjacent in the stream and none is all zero."""
+        if first is None:
+            return
+        lo, n = first.physical - read.physical, end - first.physical
+        self.records.add(first.dataset, first.logical, memoryview(read.data)[lo:lo + n], read, lo)
+        self._done_bytes += n
+        self.progress(self._done_bytes)
+
+    def _emit(self, piece, data, source=None, at=0) -> None:
+        """Add PIECE's DATA (None when all zero) to the stream; SOURCE/AT: see RecordAssembler.add."""
+        if data is None:
+            self.records.flush()
+            self.stats["chunks_zero"] += 1
+        else:
+            self.records.add(piece.dataset, piece.logical, data, source, at)
+        self._done_bytes += piece.length
+        self.progress(self._done_bytes)
+
+    # --- pressure: fetch saved chunks early ------------------------------------
+
+    def _relieve_pressure(self) -> None:
+        """Fetch the saved chunks of every subsystem under pressure, ahead of order, and release them."""
+        limit = max(1, OPPORTUNISTIC_LIMIT_BYTES // self.chunk)
+        for member in {id(m): m for m in self.plan.owner.values()}.values():
+            if not member.pressure:
+                continue
+            member.pressure = False  # until the next heartbeat or release reply says otherwise
+            for export, reader in self.readers.items():
+                if self.plan.owner[export] is member:
+                    self._fetch_saved(reader, self.group.saved(member, export, limit))
+
+    def _fetch_saved(self, reader: ViewReader, chunks: list[int]) -> None:
+        """Read the not yet issued pieces of saved CHUNKS (sorted) into the reorder buffer, in runs
+        of adjacent chunks of up to one request, and release what they free."""
+        reader.skip(self._taken)
+        first = reader.next_piece
+        if first is None:
+            return
+        runs, run, last = [], [], None
+        for c in chunks:
+            wanted = [p for p in pieces_at(self.plan.datasets, reader.export, c * self.chunk, self.chunk)
+                      if key(p) >= key(first) and key(p) not in self.buffer]
+            if not wanted:
+                continue
+            if run and (c != last + 1 or (c - run[0].physical // self.chunk + 1) * self.chunk > self.request_bytes):
+                runs.append(run)
+                run = []
+            run += wanted
+            last = c
+        if run:
+            runs.append(run)
+        self._fetch_runs(reader, runs)
+        self._release_all()
+
+    def _fetch_runs(self, reader: ViewReader, runs: list) -> None:
+        """Fetch RUNS (lists of pieces, each within one request) concurrently, over every connection
+        of READER, into pool buffers the scheduler can spare (it keeps one for every idle export and
+        one more, scheduler.py); with none to spare and none of ours in flight, synchronously."""
+        todo = deque(runs)
+        while todo or reader.aside:
+            while todo and self.pool.free - 1 > self.scheduler.idle_exports():
+                wanted = todo.popleft()
+                lo = min(p.physical for p in wanted)
+                reader.issue_aside(wanted, lo, max(p.physical + p.length for p in wanted) - lo, self.pool)
+                self._note_peak()
+            if reader.aside:
+                self._pump()
+            elif todo:
+                self._fetch_run(reader, todo.popleft())
+
+    def _park(self, reader: ViewReader, read) -> None:
+        """READ, fetched aside, completed: its pieces go to the reorder buffer, its buffer back."""
+        for p in read.pieces:
+            lo = p.physical - read.physical
+            zero = read.buf.is_zero(lo, p.length)
+            self.buffer.put(key(p), None if zero else memoryview(read.data)[lo:lo + p.length])
+            self.stats["chunks_opportunistic"] += 1
+            self._settled(reader.export, self.ledger.settle(reader.export, p.physical, p.length))
+        self.stats["bytes_read"] += read.length
+        self.scheduler.taken(read)
+        self._note_peak()
+
+    def _fetch_run(self, reader: ViewReader, wanted: list) -> None:
+        lo = min(p.physical for p in wanted)
+        data = memoryview(reader.pread(max(p.physical + p.length for p in wanted) - lo, lo))
+        self.stats["bytes_read"] += len(data)
+        for p in wanted:
+            part = data[p.physical - lo:p.physical - lo + p.length]
+            self.buffer.put(key(p), None if part == _ZEROS[:p.length] else part)
+            self.stats["chunks_opportunistic"] += 1
+            self._settled(reader.export, self.ledger.settle(reader.export, p.physical, p.length))
+        self._note_peak()
+
+    # --- release ----------------------------------------------------------------
+
+    def _settled(self, export: str, chunks: list[int]) -> None:
+        if chunks:
+            self._unreleased.setdefault(export, []).extend(chunks)
+            self._unreleased_count += len(chunks)
+            quiet = all(m.side_bytes == 0 for m in self.group.members)  # as pulses said, none unheard
+            if self._unreleased_count * self.chunk >= (QUIET_RELEASE_BATCH_BYTES if quiet else RELEASE_BATCH_BYTES):
+                self._release_all()
+
+    def _release_all(self) -> None:
+        for export, chunks in self._unreleased.items():
+            if chunks:
+                self.group.release(self.plan.owner[export], export, ranges_of(sorted(chunks)))
+        self._unreleased.clear()
+        self._unreleased_count = 0
+
+    def _note_peak(self) -> None:
+        held = self.scheduler.held + self.buffer.memory_bytes
+        self.stats["peak_host_buffer_bytes"] = max(self.stats["peak_host_buffer_bytes"], held)
+        self.stats["spilled_bytes"] = self.buffer.spilled_bytes
+        now = time.monotonic()
+        if now - self._published_at >= PUBLISH_INTERVAL_S:
+            self._published_at = now
+            self.published = self._snapshot()

@@ -1,0 +1,26 @@
+"""tzero attach: an NBD export becomes a kernel block device /dev/nbdN."""
+
+from controller.nbd.kernel import attach
+from controller.nbd.uri import parse_device, parse_uri
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "attach", help="attach an NBD export as /dev/nbdN (kernel NBD, needs root)",
+        description="Connect to an NBD export, negotiate it, and hand the connection to the "
+                    "kernel's NBD driver. Prints the device path. The device stays attached "
+                    "after tzero exits, until `tzero detach`.")
+    p.add_argument("uri", metavar="NBD-URI",
+                   help="nbd+unix:///EXPORT?socket=PATH or nbd://HOST[:PORT]/EXPORT")
+    p.add_argument("--device", metavar="/dev/nbdN",
+                   help="the device to use (default: the kernel picks a free one)")
+    p.add_argument("--read-only", action="store_true",
+                   help="attach read-only: the kernel refuses writes to the device")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    index = parse_device(args.device) if args.device else None
+    index = attach(parse_uri(args.uri), index=index, read_only=args.read_only)
+    print(f"/dev/nbd{index}")
+    return 0

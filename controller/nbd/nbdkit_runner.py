@@ -1,0 +1,147 @@
+"""Running nbdkit in the foreground for `tzero serve` and `tzero serve-backup`.
+
+One supervision for both: start nbdkit, write the pidfile only once it is ready,
+forward SIGTERM/SIGINT, kill it if it does not stop in time (nbdkit 1.32 waits
+forever for an idle client after SIGTERM), and remove the sockets and pidfile
+it leaves behind.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import nbd
+
+import nbdplugin
+from controller.errors import TzeroError, UsageError
+
+# nbdkit runs the plugin files themselves (in its embedded interpreter): found beside the
+# nbdplugin package, never imported here.
+PLUGIN_DIR = os.path.dirname(os.path.abspath(nbdplugin.__file__))
+
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+
+
+def require_nbdkit() -> None:
+    if shutil.which("nbdkit") is None:
+        raise TzeroError("nbdkit is not installed (make setup installs it)")
+
+
+def listen_args(nbd_socket: str | None, port: int | None) -> list[str]:
+    """nbdkit's options for a unix socket, or loopback TCP; a stale socket file is removed."""
+    if nbd_socket:
+        _clear_stale_socket(nbd_socket)
+        return ["-U", nbd_socket]
+    if not 0 < port < 65536:
+        raise UsageError(f"--port {port}: not a TCP port")
+    return ["-i", "127.0.0.1", "-p", str(port)]
+
+
+def run_nbdkit(cmd: list[str], ready, pidfile: str | None, leftovers: list[str | None]) -> int:
+    """Run CMD until it exits or we are asked to stop; READY() says when it serves.
+    Returns 0 when stopped by a signal, else raises TzeroError on a non-zero exit."""
+    proc = subprocess.Popen(cmd)
+    stopping = []
+
+    def stop(signum, frame):
+        stopping.append(signum)
+        proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        if _wait_ready(proc, ready) and pidfile:
+            _write_pidfile(pidfile)
+        status = _wait_stopped(proc, stopping)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for path in [*leftovers, pidfile]:
+            if path:
+                _remove(path)
+    if not stopping and status != 0:
+        raise TzeroError(f"nbdkit exited with status {status}")
+    return 0
+
+
+def accepts_unix(path: str) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def serves_nbd(nbd_socket: str | None, port: int | None) -> bool:
+    """A full NBD handshake, so nbdkit does not log a half-open probe as an error."""
+    h = nbd.NBD()
+    try:
+        if nbd_socket:
+            h.connect_unix(nbd_socket)
+        else:
+            h.connect_tcp("127.0.0.1", str(port))
+        h.shutdown()
+        return True
+    except nbd.Error:
+        return False
+
+
+def _clear_stale_socket(path: str) -> None:
+    if not os.path.exists(path):
+        return
+    if accepts_unix(path):
+        raise UsageError(f"{path} is in use by another server")
+    os.unlink(path)
+
+
+def _wait_ready(proc, ready) -> bool:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if ready():
+            return True
+        time.sleep(0.05)
+    proc.terminate()
+    print("tzero: nbdkit did not become ready in time", file=sys.stderr)
+    return False
+
+
+def _wait_stopped(proc, stopping: list) -> int:
+    """nbdkit's exit status. Once asked to stop, give it STOP_TIMEOUT_S, then kill it."""
+    asked_at = None
+    while True:
+        try:
+            return proc.wait(0.2)
+        except subprocess.TimeoutExpired:
+            pass
+        if stopping and asked_at is None:
+            asked_at = time.monotonic()
+        if asked_at is not None and time.monotonic() - asked_at > STOP_TIMEOUT_S:
+            print(f"tzero: nbdkit did not stop within {STOP_TIMEOUT_S:g} s of SIGTERM "
+                  "(a client still connected?); killing it", file=sys.stderr)
+            proc.kill()
+            return proc.wait()
+
+
+def _write_pidfile(path: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,59 @@
+"""Restoring datasets from a backup stream: the loop that knows no kind of target.
+
+A target (targets.py) receives its dataset's records in ascending order (write), is
+told when the records are over (finish), and only after the whole stream (index,
+trailer, digest) has verified is it made visible (commit); on any failure every target
+is aborted and one error says what happened to them.
+"""
+
+from backupformat import FormatError, StreamReader
+from controller.errors import BackupFormatError, RestoreError, TzeroError
+from controller.restore.targets import abort_all
+
+
+def restore(reader: StreamReader, label: str, plan: dict) -> list:
+    """Write the records of every dataset in PLAN (dataset index -> target), verify
+    the whole stream, then commit every target. Returns the targets in order.
+
+    On failure every target is aborted and one error leaves: BackupFormatError
+    for a damaged backup (LABEL names it), RestoreError for a target; for an
+    in-place target already touched, RestoreError saying it is incomplete.
+    """
+    try:
+        for rec in reader.records():
+            target = plan.get(rec.dataset_index)
+            if target is not None:
+                target.write(rec.offset, rec.data)
+        for target in plan.values():
+            target.finish()
+    except BaseException as e:
+        abort_all(plan)
+        raise _failure(e, label, plan) from None
+    try:
+        for target in plan.values():
+            target.commit()
+    except BaseException as e:
+        abort_all(plan)
+        raise _failure(e, label, plan) from None
+    return list(plan.values())
+
+
+def _failure(e: BaseException, label: str, plan: dict) -> BaseException:
+    """The one error to report for E, given what the targets went through."""
+    if isinstance(e, FormatError):
+        reason = f"{label}: {e}"
+        error = BackupFormatError(reason)
+    elif isinstance(e, TzeroError):
+        reason, error = e.message, e
+    elif isinstance(e, KeyboardInterrupt):
+        reason, error = "interrupted", e
+    elif isinstance(e, OSError):
+        reason = f"reading {label}: {e.strerror or e}"
+        error = BackupFormatError(reason)
+    else:
+        return e  # a bug: let the traceback show
+    for target in plan.values():
+        if target.touched and not target.atomic:
+            return RestoreError(f"restore of {target.dataset.name!r} onto {target.label} "
+                                f"is incomplete: {reason}")
+    return error
