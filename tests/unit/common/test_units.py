@@ -1,0 +1,27 @@
+"""The size grammar users type, and sizes for humans."""
+
+import pytest
+
+from common.units import human_size, parse_size
+
+
+@pytest.mark.parametrize("text, value", [
+    ("4096", 4096), ("64K", 65536), ("64k", 65536), ("256m", 256 << 20), ("1GiB", 1 << 30), ("2G", 2 << 30),
+    ("512MiB", 512 << 20), ("1.5G", 3 << 29), ("0.5K", 512), ("2TB", 2 << 40), (" 8 M ", 8 << 20),
+])
+def test_units_parse_size_accepts_what_users_type(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "K", "-1", "12Q", "lots", "1.5", "0.3K", "1..5G", "1e3"])
+def test_units_parse_size_refuses_non_sizes_naming_them(text):
+    with pytest.raises(ValueError, match="--host-memory: "):
+        parse_size(text, "--host-memory")
+
+
+@pytest.mark.parametrize("n, text", [
+    (0, "0 B"), (1023, "1023 B"), (1024, "1 KiB"), (1536, "1.5 KiB"), (64 << 20, "64 MiB"),
+    ((1 << 30) + (1 << 29), "1.5 GiB"), (1000 << 20, "1000 MiB"), (3 << 40, "3 TiB"),
+])
+def test_units_human_size_reads_as_people_write_it(n, text):
+    assert human_size(n) == text
