@@ -14,10 +14,14 @@ import socket
 import threading
 
 from common.protocol import MAX_LINE, VERSION, encode
-from controller.errors import SubsystemError
+from controller.errors import EXIT_FAILURE, SubsystemError
 
 CONNECT_TIMEOUT_S = 5.0
 REPLY_TIMEOUT_S = 60.0
+
+
+# Error replies that say the moment was wrong, not the request: a later try may succeed.
+TRANSIENT = {"busy", "aborted", "freeze-failed", "no-session", "not-owner", "wrong-phase"}
 
 
 class RequestFailed(SubsystemError):
@@ -26,6 +30,8 @@ class RequestFailed(SubsystemError):
     def __init__(self, where: str, reply: dict):
         super().__init__(f"{where}: {reply.get('message') or reply.get('error')}")
         self.code = reply.get("error")
+        if self.code not in TRANSIENT:
+            self.exit_code = EXIT_FAILURE
 
 
 class Call:

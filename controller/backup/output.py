@@ -5,7 +5,7 @@ said on stderr while the reader sees a stream with no trailer)."""
 import os
 import sys
 
-from controller.errors import UsageError
+from controller.errors import UsageError, os_error
 
 
 class BackupOutput:
@@ -23,23 +23,43 @@ class BackupOutput:
             if not os.path.isdir(parent):
                 raise UsageError(f"{parent}: no such directory")
 
+    @property
+    def label(self) -> str:
+        return "standard output" if self.to_stdout else str(self.partial)
+
     def open(self) -> None:
         if self.to_stdout:
             if sys.stdout.isatty():
                 raise UsageError("refusing to write a backup to a terminal; redirect standard output or use -o FILE")
             self.file = sys.stdout.buffer
         else:
-            self.file = open(self.partial, "wb")
+            try:
+                self.file = open(self.partial, "wb")
+            except OSError as e:
+                raise os_error(e, f"creating {self.partial}") from None
+
+    def write(self, buf) -> int | None:
+        """The stream writer's file: OS errors say where the backup was going."""
+        try:
+            return self.file.write(buf)
+        except OSError as e:
+            raise os_error(e, f"writing the backup to {self.label}") from None
 
     def flush(self) -> None:
-        self.file.flush()
-        if not self.to_stdout:
-            os.fsync(self.file.fileno())
+        try:
+            self.file.flush()
+            if not self.to_stdout:
+                os.fsync(self.file.fileno())
+        except OSError as e:
+            raise os_error(e, f"writing the backup to {self.label}") from None
 
     def commit(self) -> None:
         if not self.to_stdout:
-            self.file.close()
-            os.replace(self.partial, self.target)
+            try:
+                self.file.close()
+                os.replace(self.partial, self.target)
+            except OSError as e:
+                raise os_error(e, f"renaming {self.partial} to {self.target}") from None
 
     def discard(self) -> None:
         """Leave nothing half-written behind: remove the partial file."""

@@ -12,6 +12,7 @@ the copier's loop touches it.
 import os
 
 from common.fileio import read_fully, unlinked_scratch_file, write_all
+from controller.errors import os_error
 
 
 class ReorderBuffer:
@@ -46,10 +47,14 @@ class ReorderBuffer:
             self._spill(key, data)
 
     def _spill(self, key, data) -> None:
-        if self._spill_fd is None:
-            self._spill_fd = unlinked_scratch_file(self.spill_dir, "tzero-reorder-")
+        where = f"the reorder spill file in {self.spill_dir or 'the temp directory'}"
         view = memoryview(data)
-        write_all(self._spill_fd, view, self._spill_end)
+        try:
+            if self._spill_fd is None:
+                self._spill_fd = unlinked_scratch_file(self.spill_dir, "tzero-reorder-")
+            write_all(self._spill_fd, view, self._spill_end)
+        except OSError as e:
+            raise os_error(e, f"writing {where}") from None
         self._spilled[key] = (self._spill_end, len(view))
         self._spill_end += len(view)
         self.spilled_bytes += len(view)

@@ -99,7 +99,7 @@ def _copy(args, group, plan, chunk, host_memory, zero, output) -> dict:
                     datasets=[StreamDataset(d.name, d.size) for d in datasets],
                     extra={"pause_ms": zero["pause_ms"], "datasets": [describe(d) for d in datasets],
                            "compression": args.compress})
-    writer = StreamWriter(output.file, header, args.codec, args.level)
+    writer = StreamWriter(output, header, args.codec, args.level)
     progress = Progress(sum(d.size for d in datasets), enabled=not args.no_progress)
     copier = Copier(group, plan, writer, chunk, host_memory, args.spill_dir, progress, local=args.read_path == "auto")
     group.stats_source = lambda: copier.published

@@ -42,6 +42,7 @@ REP_ERRORS = {                          # error replies, and what each means for
     REP_ERROR_BIT | 9: "the request is too big",
 }
 REP_ERR_UNSUP = REP_ERROR_BIT | 1
+REP_SHUTDOWN = REP_ERROR_BIT | 7
 
 INFO_EXPORT = 0
 INFO_BLOCK_SIZE = 3
@@ -90,12 +91,12 @@ def _read_reply(sock: socket.socket, option: int) -> tuple[int, bytes]:
     """One option reply: (type, data). Checks magic, option echo and length bound."""
     magic, echoed, rtype, length = struct.unpack(">QIII", _recv_exact(sock, 20))
     if magic != OPT_REPLY_MAGIC:
-        raise SubsystemError(f"bad NBD option reply magic: expected {OPT_REPLY_MAGIC:#x}, "
+        raise TzeroError(f"bad NBD option reply magic: expected {OPT_REPLY_MAGIC:#x}, "
                              f"got {magic:#x}")
     if echoed != option:
-        raise SubsystemError(f"NBD option reply for option {echoed}, expected {option}")
+        raise TzeroError(f"NBD option reply for option {echoed}, expected {option}")
     if length > MAX_OPTION_REPLY:
-        raise SubsystemError(f"NBD option reply too long: {length} bytes, "
+        raise TzeroError(f"NBD option reply too long: {length} bytes, "
                              f"at most {MAX_OPTION_REPLY} expected")
     return rtype, _recv_exact(sock, length)
 
@@ -104,14 +105,14 @@ def _negotiate_start(sock: socket.socket) -> bool:
     """Read the greeting, send client flags; return whether NO_ZEROES is in force."""
     magic, second = struct.unpack(">QQ", _recv_exact(sock, 16))
     if magic != NBDMAGIC:
-        raise SubsystemError("not an NBD server (no NBDMAGIC greeting)")
+        raise TzeroError("not an NBD server (no NBDMAGIC greeting)")
     if second == OLDSTYLE_MAGIC:
-        raise SubsystemError("the NBD server speaks only the oldstyle handshake")
+        raise TzeroError("the NBD server speaks only the oldstyle handshake")
     if second != IHAVEOPT:
-        raise SubsystemError(f"unknown NBD greeting {second:#x}")
+        raise TzeroError(f"unknown NBD greeting {second:#x}")
     (server_flags,) = struct.unpack(">H", _recv_exact(sock, 2))
     if not server_flags & FLAG_FIXED_NEWSTYLE:
-        raise SubsystemError("the NBD server does not speak the fixed newstyle handshake")
+        raise TzeroError("the NBD server does not speak the fixed newstyle handshake")
     no_zeroes = bool(server_flags & FLAG_NO_ZEROES)
     sock.sendall(struct.pack(">I", FLAG_FIXED_NEWSTYLE | (FLAG_NO_ZEROES if no_zeroes else 0)))
     return no_zeroes
@@ -132,11 +133,11 @@ def _go(sock: socket.socket, export: str) -> ExportInfo | None:
             (info,) = struct.unpack(">H", body[:2])
             if info == INFO_EXPORT:
                 if len(body) != 12:
-                    raise SubsystemError(f"NBD_INFO_EXPORT: expected 12 bytes, got {len(body)}")
+                    raise TzeroError(f"NBD_INFO_EXPORT: expected 12 bytes, got {len(body)}")
                 size, flags = struct.unpack(">QH", body[2:])
             elif info == INFO_BLOCK_SIZE:
                 if len(body) != 14:
-                    raise SubsystemError(f"NBD_INFO_BLOCK_SIZE: expected 14 bytes, got {len(body)}")
+                    raise TzeroError(f"NBD_INFO_BLOCK_SIZE: expected 14 bytes, got {len(body)}")
                 min_block, preferred, _ = struct.unpack(">III", body[2:])
             continue                    # other INFO types: not needed, ignored per spec
         if rtype == REP_ERR_UNSUP:
@@ -144,10 +145,12 @@ def _go(sock: socket.socket, export: str) -> ExportInfo | None:
         if rtype & REP_ERROR_BIT:
             meaning = REP_ERRORS.get(rtype, f"error reply {rtype:#x}")
             detail = body.decode(errors="replace").strip()
-            raise SubsystemError(f"export {export!r}: {meaning}" + (f" ({detail})" if detail else ""))
-        raise SubsystemError(f"unexpected NBD option reply type {rtype:#x}")
+            error = SubsystemError if rtype == REP_SHUTDOWN else TzeroError  # only a shutdown may pass
+            raise error(f"export {export!r}: {meaning}" + (f" ({detail})" if detail else ""))
+        raise TzeroError(f"unexpected NBD option reply type {rtype:#x}")
     if size is None:
-        raise SubsystemError("the NBD server finished NBD_OPT_GO without NBD_INFO_EXPORT")
+        raise TzeroError("the NBD server finished NBD_OPT_GO without NBD_INFO_EXPORT")
+    assert flags is not None, "NBD_INFO_EXPORT gives the size and the flags together"
     return ExportInfo(size, flags, min_block, preferred)
 
 
@@ -157,7 +160,7 @@ def _export_name(sock: socket.socket, export: str, no_zeroes: bool) -> ExportInf
     try:
         size, flags = struct.unpack(">QH", _recv_exact(sock, 10))
     except SubsystemError:
-        raise SubsystemError(f"export {export!r}: the server hung up (no such export?)") from None
+        raise TzeroError(f"export {export!r}: the server hung up (no such export?)") from None
     if not no_zeroes:
         _recv_exact(sock, 124)
     return ExportInfo(size, flags)
@@ -174,6 +177,7 @@ def handshake(sock: socket.socket, export: str) -> ExportInfo:
 
 def open_export(uri: NbdUri, timeout: float = HANDSHAKE_TIMEOUT) -> tuple[socket.socket, ExportInfo]:
     """Connect to URI and negotiate its export; return a blocking socket ready for I/O."""
+    address: str | tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]  # as getaddrinfo gives it
     if uri.socket_path is not None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         address = uri.socket_path

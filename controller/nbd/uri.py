@@ -8,7 +8,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
-from controller.errors import TzeroError, UsageError
+from controller.errors import UsageError
 
 DEFAULT_PORT = 10809
 MAX_NAME = 4096                        # the protocol's limit on export names
@@ -38,23 +38,23 @@ def parse_uri(text: str) -> NbdUri:
         parts = urllib.parse.urlsplit(text)
         port = parts.port
     except ValueError:
-        raise TzeroError(bad) from None
+        raise UsageError(bad) from None
     export = urllib.parse.unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
     if len(export.encode()) > MAX_NAME:
-        raise TzeroError(f"export name longer than {MAX_NAME} bytes")
+        raise UsageError(f"export name longer than {MAX_NAME} bytes")
     query = urllib.parse.parse_qs(parts.query)
     if parts.scheme == "nbd+unix":
         paths = query.get("socket", [])
         if parts.netloc or len(paths) != 1 or not paths[0]:
-            raise TzeroError(f"{bad}: nbd+unix needs no host and exactly one socket=PATH")
+            raise UsageError(f"{bad}: nbd+unix needs no host and exactly one socket=PATH")
         return NbdUri(export=export, socket_path=paths[0])
     if parts.scheme == "nbd":
         if not parts.hostname or query:
-            raise TzeroError(f"{bad}: nbd:// needs a host and takes no query")
+            raise UsageError(f"{bad}: nbd:// needs a host and takes no query")
         return NbdUri(export=export, host=parts.hostname, port=port or DEFAULT_PORT)
     if parts.scheme in ("nbds", "nbds+unix"):
-        raise TzeroError(f"{text!r}: TLS (nbds) is not supported by tzero attach")
-    raise TzeroError(bad)
+        raise UsageError(f"{text!r}: TLS (nbds) is not supported by tzero attach")
+    raise UsageError(bad)
 
 
 def parse_device(text: str) -> int:

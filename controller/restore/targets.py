@@ -18,7 +18,7 @@ import stat
 from backupformat import Dataset, Header
 from common import blockdev
 from common.fileio import ZEROS, fsync_dir, write_all, zero_fill
-from controller.errors import RestoreError
+from controller.errors import RestoreError, UsageError
 
 _NBD_URI = re.compile(r"nbds?(\+(unix|vsock|tcp))?://")
 _NBD_MAX_WRITE = 4 << 20  # well under libnbd's 64 MiB and most servers' limits
@@ -244,7 +244,7 @@ def new_file(path: str, dataset: Dataset, force: bool) -> FileTarget:
     """A FileTarget at PATH; an existing PATH is replaced only with FORCE, and only by a file."""
     if os.path.lexists(path):
         if not force:
-            raise RestoreError(f"{path} exists; use --force to replace it")
+            raise UsageError(f"{path} exists; use --force to replace it")
         if not stat.S_ISREG(os.lstat(path).st_mode):
             raise RestoreError(f"{path} is not a regular file, a block device or a directory")
     return FileTarget(path, dataset)
@@ -262,7 +262,7 @@ def plan_directory(header: Header, directory: str, force: bool) -> dict:
     paths = [os.path.join(directory, d.name + ".img") for d in header.datasets]
     existing = [p for p in paths if os.path.lexists(p)]
     if existing and not force:
-        raise RestoreError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+        raise UsageError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
                            "use --force to replace")
     plan = {}
     try:

@@ -10,7 +10,7 @@ import sys
 from typing import NamedTuple
 
 from backupformat import FormatError, StreamReader
-from controller.errors import BackupFormatError
+from controller.errors import BackupFormatError, TzeroError
 
 STDIN = "-"
 
@@ -35,7 +35,7 @@ def opened_backup(path: str):
         try:
             f, owned = open(path, "rb"), True
         except OSError as e:
-            raise BackupFormatError(f"cannot open {path}: {e.strerror}") from None
+            raise TzeroError(f"cannot open {path}: {e.strerror}") from None
     try:
         yield StreamReader(f)
     except FormatError as e:

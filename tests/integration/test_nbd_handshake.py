@@ -109,7 +109,7 @@ def test_handshake_named_export_is_accepted(nbdkit):
 def test_handshake_unknown_export_is_refused_with_clear_error(nbdkit):
     path = nbdkit("--filter=exportname", "memory", "2M",
                   "exportname=disk1", "exportname-strict=true")
-    with pytest.raises(SubsystemError, match="export 'nope': no such export"):
+    with pytest.raises(TzeroError, match="export 'nope': no such export"):
         handshake.open_export(unix_uri(path, "nope"))
 
 
@@ -219,14 +219,14 @@ def test_handshake_sends_export_name_and_asks_for_block_size():
 
 def test_handshake_not_an_nbd_server_is_named():
     server = FakeServer(lambda conn: conn.sendall(b"HTTP/1.1 400 Bad Request\r\n"))
-    with pytest.raises(SubsystemError, match="not an NBD server"):
+    with pytest.raises(TzeroError, match="not an NBD server"):
         handshake.open_export(server.uri())
     server.close()
 
 
 def test_handshake_oldstyle_server_is_refused():
     server = FakeServer(lambda conn: conn.sendall(struct.pack(">QQ", handshake.NBDMAGIC, handshake.OLDSTYLE_MAGIC)))
-    with pytest.raises(SubsystemError, match="oldstyle"):
+    with pytest.raises(TzeroError, match="oldstyle"):
         handshake.open_export(server.uri())
     server.close()
 
@@ -238,7 +238,7 @@ def test_handshake_oversized_reply_is_refused_before_reading_it():
         conn.sendall(struct.pack(">QIII", handshake.OPT_REPLY_MAGIC, option, handshake.REP_INFO, 1 << 30))
 
     server = FakeServer(script)
-    with pytest.raises(SubsystemError, match="too long: 1073741824 bytes"):
+    with pytest.raises(TzeroError, match="too long: 1073741824 bytes"):
         handshake.open_export(server.uri())
     server.close()
 
@@ -257,7 +257,7 @@ def test_handshake_policy_refusal_carries_server_message():
         reply(conn, option, handshake.REP_ERROR_BIT | 2, b"go away")
 
     server = FakeServer(script)
-    with pytest.raises(SubsystemError, match="policy refuses it \\(go away\\)"):
+    with pytest.raises(TzeroError, match="policy refuses it \\(go away\\)"):
         handshake.open_export(server.uri())
     server.close()
 
@@ -275,9 +275,9 @@ def run_cli(capsys, *argv):
     return code, err
 
 
-def test_attach_bad_uri_is_one_line_exit_1(capsys):
+def test_attach_bad_uri_is_one_line_exit_2(capsys):
     code, err = run_cli(capsys, "attach", "http://example/x")
-    assert code == 1 and err.count("\n") == 1 and "is not an NBD URI" in err
+    assert code == 2 and err.count("\n") == 1 and "is not an NBD URI" in err
 
 
 def test_attach_bad_device_is_usage_error(capsys):

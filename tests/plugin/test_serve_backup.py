@@ -98,5 +98,5 @@ def test_serve_backup_refuses_a_damaged_backup_with_one_line(tmp_path):
     bad = tmp_path / "bad.tzb"
     bad.write_bytes(b"\x89TZB\r\n\x1a\n" + bytes(100))
     proc = tzero("serve-backup", bad, "--socket", tmp_path / "s.sock", check=False)
-    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and str(bad) in proc.stderr
+    assert proc.returncode == 4 and proc.stderr.count("\n") == 1 and str(bad) in proc.stderr
     assert not (tmp_path / "s.sock").exists()

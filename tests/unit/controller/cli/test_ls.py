@@ -52,19 +52,19 @@ def test_cmd_ls_damaged_record_not_read_so_exits_0(tmp_path, capsys):
     assert code == 0
 
 
-def test_cmd_ls_incomplete_backup_shows_header_then_exits_1(tmp_path, capsys):
+def test_cmd_ls_incomplete_backup_shows_header_then_exits_4(tmp_path, capsys):
     path = tmp_path / "b.tzb"
     path.write_bytes(backup_bytes()[:-100])
     code, out, err = ls(capsys, path, "--json")
-    assert code == 1 and json.loads(out)["records"] is None
+    assert code == 4 and json.loads(out)["records"] is None
     assert err == f"tzero: {path}: trailer: bad end magic (an incomplete backup?)\n"
 
 
-def test_cmd_ls_not_a_backup_exits_1_with_one_line(tmp_path, capsys):
+def test_cmd_ls_not_a_backup_exits_4_with_one_line(tmp_path, capsys):
     path = tmp_path / "notes.txt"
     path.write_text("hello\n")
     code, out, err = ls(capsys, path)
-    assert code == 1 and out == ""
+    assert code == 4 and out == ""
     assert err == f"tzero: {path}: header: bad magic, not a tzero backup\n"
 
 

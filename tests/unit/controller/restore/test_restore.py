@@ -65,7 +65,7 @@ def test_restore_to_dir_from_pipe(tmp_path):
 @pytest.mark.parametrize("damage", [truncate_in_b, flip_in_b, flip_digest])
 def test_restore_to_dir_damaged_backup_leaves_no_file(tmp_path, capsys, damage):
     code, out, err = run_restore(capsys, bad_backup(tmp_path, damage), "--to", tmp_path / "out")
-    assert code == 1 and out == ""
+    assert code == 4 and out == ""
     assert err.startswith(f"tzero: {tmp_path / 'bad.tzb'}: ") and err.count("\n") == 1
     assert os.listdir(tmp_path / "out") == []
 
@@ -75,7 +75,7 @@ def test_restore_to_dir_existing_image_refused_and_kept(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "b.img").write_bytes(b"mine")
     code, _, err = run_restore(capsys, backup, "--to", tmp_path / "out")
-    assert code == 1 and "b.img already exists; use --force" in err
+    assert code == 2 and "b.img already exists; use --force" in err
     assert (tmp_path / "out" / "b.img").read_bytes() == b"mine"
     assert os.listdir(tmp_path / "out") == ["b.img"]
 
@@ -93,7 +93,7 @@ def test_restore_to_dir_force_with_damaged_backup_keeps_old_image(tmp_path, caps
     (tmp_path / "out" / "b.img").write_bytes(b"mine")
     code, _, _ = run_restore(capsys, bad_backup(tmp_path, flip_digest), "--to", tmp_path / "out",
                              "--force")
-    assert code == 1
+    assert code == 4
     assert (tmp_path / "out" / "b.img").read_bytes() == b"mine"
     assert os.listdir(tmp_path / "out") == ["b.img"]
 
@@ -140,14 +140,14 @@ def test_restore_dataset_to_existing_file_refused_without_force(tmp_path, capsys
     (tmp_path / "b.raw").write_bytes(b"mine")
     code, _, err = run_restore(capsys, write_backup(tmp_path / "b.tzb"), "--dataset", "b",
                                "--to", tmp_path / "b.raw")
-    assert code == 1 and "exists; use --force" in err
+    assert code == 2 and "exists; use --force" in err
     assert (tmp_path / "b.raw").read_bytes() == b"mine"
 
 
 def test_restore_dataset_damaged_in_other_dataset_leaves_no_file(tmp_path, capsys):
     code, _, err = run_restore(capsys, bad_backup(tmp_path, flip_in_b), "--dataset", "a",
                                "--to", tmp_path / "a.raw")
-    assert code == 1 and "dataset 'b' at offset 65536: record checksum mismatch" in err
+    assert code == 4 and "dataset 'b' at offset 65536: record checksum mismatch" in err
     assert sorted(os.listdir(tmp_path)) == ["bad.tzb"]
 
 

@@ -48,11 +48,11 @@ def test_cmd_verify_intact_exits_0_with_one_summary_line(tmp_path, capsys):
     (lambda b: b[:-80], "trailer: truncated in the trailer: expected 40 bytes, got 0"),
     (lambda b: b"PK\x03\x04" + b[4:], "header: bad magic, not a tzero backup"),
 ])
-def test_cmd_verify_damaged_exits_1_with_one_line_naming_the_place(tmp_path, capsys, damage, line):
+def test_cmd_verify_damaged_exits_4_with_one_line_naming_the_place(tmp_path, capsys, damage, line):
     path = tmp_path / "b.tzb"
     path.write_bytes(damage(backup_bytes()))
     code, out, err = run_verify(capsys, path)
-    assert code == 1 and out == ""
+    assert code == 4 and out == ""
     assert err == f"tzero: {path}: {line}\n"
 
 
@@ -80,7 +80,7 @@ def test_console_script_verify_reports_damage_without_traceback(tmp_path):
     ok = subprocess.run([TZERO, "verify", good], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "intact" in ok.stdout
     ko = subprocess.run([TZERO, "verify", bad], capture_output=True, text=True, timeout=60)
-    assert ko.returncode == 1
+    assert ko.returncode == 4
     assert ko.stderr.startswith("tzero: ") and ko.stderr.count("\n") == 1
     assert "Traceback" not in ko.stderr
 
@@ -99,6 +99,6 @@ def test_verify_compressed_backup_checks_every_record(tmp_path, capsys):
     bad = tmp_path / "bad.tzb"
     pos = record_position(blob, 2)
     bad.write_bytes(blob[:pos + 40] + bytes([blob[pos + 40] ^ 0x40]) + blob[pos + 41:])
-    assert main(["verify", str(bad)]) == 1
+    assert main(["verify", str(bad)]) == 4
     err = capsys.readouterr().err
     assert "dataset 'b' at offset 4096" in err and err.count("\n") == 1
