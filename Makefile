@@ -9,7 +9,7 @@ APT_PACKAGES := nbdkit nbdkit-plugin-python libnbd-bin python3-libnbd python3-cf
 	python3-venv qemu-utils fio fdisk e2fsprogs \
 	python3-xxhash python3-zstandard
 
-.PHONY: setup test check demo clean
+.PHONY: setup lint test check demo clean
 
 setup: $(STAMP)
 
@@ -24,12 +24,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# The fast loop: everything but the VM guests and the demo.
-check: setup
+# Lint and types: ruff (rules in pyproject.toml) over everything, mypy --strict over the packages.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+# The fast loop: lint, then everything but the VM guests and the demo.
+check: lint
 	$(PY) -m pytest -q -m 'not vm and not demo' $(PYTEST_ARGS)
 
 # Everything, VM guests included: the kit is built first, and a missing kit is then a failure.
-test: setup vm
+test: lint vm
 	TZERO_REQUIRE_VM=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: setup

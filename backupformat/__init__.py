@@ -11,6 +11,8 @@ above translate that into their errors. The full specification is docs/format.md
     reader   StreamReader: front to back from anything (records()), or, on a seekable
              file, from the end: trailer, then index, then any record
     index    Index: the records by (dataset, offset), for random access
+    fileobj  the file objects a reader and a writer take, and the loops short reads and writes need
+    view     one dataset of a backup file read at any offset (what `tzero serve-backup` serves)
 """
 
 from backupformat.codec import CODEC_RAW, CODEC_ZSTD, CODECS, parse_compression

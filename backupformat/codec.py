@@ -10,6 +10,12 @@ not be smaller is stored raw, so compression never makes a stream larger by
 more than its header says.
 """
 
+import types
+from typing import Protocol
+
+# The bytes-like objects the package takes: record data, what a writer writes (collections.abc.Buffer is 3.12's).
+Buffer = bytes | bytearray | memoryview
+
 CODEC_RAW = 0
 CODEC_ZSTD = 1
 CODECS = {CODEC_RAW: "raw", CODEC_ZSTD: "zstd"}
@@ -19,6 +25,12 @@ ZSTD_LEVELS = range(1, 23)
 
 class CodecError(Exception):
     """a payload cannot be decoded (the caller says where)"""
+
+
+class _Compressor(Protocol):
+    """What the encoder uses of a zstandard.ZstdCompressor (the package has no type hints)."""
+
+    def compress(self, data: Buffer, /) -> bytes: ...
 
 
 def parse_compression(text: str) -> tuple[int, int]:
@@ -35,7 +47,7 @@ def parse_compression(text: str) -> tuple[int, int]:
     return CODEC_ZSTD, int(level_text)
 
 
-def _zstandard():
+def _zstandard() -> types.ModuleType:
     try:
         import zstandard
     except ImportError:
@@ -46,14 +58,14 @@ def _zstandard():
 class Encoder:
     """Encodes payloads with one codec; one per writer (a compressor is not thread-safe)."""
 
-    def __init__(self, codec: int = CODEC_RAW, level: int = DEFAULT_ZSTD_LEVEL):
+    def __init__(self, codec: int = CODEC_RAW, level: int = DEFAULT_ZSTD_LEVEL) -> None:
         assert codec in CODECS, "parse_compression checks the codec"
         self.codec = codec
-        self._compressor = None
+        self._compressor: _Compressor | None = None
         if codec == CODEC_ZSTD:
             self._compressor = _zstandard().ZstdCompressor(level=level, write_content_size=True)
 
-    def encode(self, data) -> tuple[int, bytes]:
+    def encode(self, data: Buffer) -> tuple[int, Buffer]:
         """(codec, payload) for DATA: compressed when that is smaller, else raw (DATA itself)."""
         if self._compressor is not None:
             packed = self._compressor.compress(data)
@@ -62,14 +74,14 @@ class Encoder:
         return CODEC_RAW, data
 
 
-def decode(codec: int, payload, length: int):
+def decode(codec: int, payload: bytes, length: int) -> bytes:
     """The LENGTH bytes PAYLOAD stores with CODEC; CodecError if it does not hold exactly them."""
     if codec == CODEC_RAW:
         return payload
     assert codec == CODEC_ZSTD, "the reader refuses unknown codecs before decoding"
     zstandard = _zstandard()
     try:
-        data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=length)
+        data: bytes = zstandard.ZstdDecompressor().decompress(payload, max_output_size=length)
     except zstandard.ZstdError as e:
         raise CodecError(f"zstd payload does not decode: {e}") from None
     if len(data) != length:

@@ -10,6 +10,7 @@ from backupformat.spec import (
     Header,
     IndexEntry,
     Trailer,
+    Where,
     codec_problem,
     place_problem,
 )
@@ -21,7 +22,7 @@ class Index:
     A sequence of IndexEntry; find() is the lookup random access needs.
     """
 
-    def __init__(self, header: Header, packed: bytes):
+    def __init__(self, header: Header, packed: bytes) -> None:
         self._header = header
         self._packed = packed
 
@@ -54,9 +55,9 @@ class Index:
             _, _, flags, reserved, _, _, _, _ = INDEX_ENTRY.unpack_from(self._packed, n * INDEX_ENTRY.size)
             e = self[n]
             if e.dataset_index < len(datasets):
-                where = dict(dataset=datasets[e.dataset_index].name, offset=e.offset)
+                where = Where(dataset=datasets[e.dataset_index].name, offset=e.offset)
             else:
-                where = dict(section="index")
+                where = Where(section="index")
             problem = (codec_problem(e.codec, flags, reserved, 0, e.length, e.stored_length)
                        or place_problem(datasets, ds, next_offset if n else 0,
                                          e.dataset_index, e.offset, e.length))

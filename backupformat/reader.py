@@ -1,9 +1,11 @@
 """Reading a stream: front to back from anything, or from the end of a seekable file."""
 
+from collections.abc import Iterator
+
 import xxhash
 
 from backupformat.codec import CodecError, decode
-from backupformat.fileobj import is_seekable, kept_position, read_exact
+from backupformat.fileobj import InputFile, is_seekable, kept_position, read_exact
 from backupformat.index import Index
 from backupformat.spec import (
     CHECK_SIZE,
@@ -27,6 +29,7 @@ from backupformat.spec import (
     IndexEntry,
     Record,
     Trailer,
+    Where,
     codec_problem,
     payloads_in_digest,
     place_problem,
@@ -45,7 +48,7 @@ class StreamReader:
     They check what they read, not the whole stream, and put F's position back.
     """
 
-    def __init__(self, f):
+    def __init__(self, f: InputFile) -> None:
         self._f = f
         self._digest = xxhash.xxh3_128()
         self.position = 0  # bytes consumed front to back
@@ -53,14 +56,14 @@ class StreamReader:
         # Stream positions count from the stream's first byte, which need not be
         # the file's (stdin redirected from a file that was partly read).
         self._base = f.tell() if self.seekable else 0
-        self.trailer = None
+        self.trailer: Trailer | None = None
         self._started = False
         self.header = self._read_header()
         self._data_start = self.position
 
     # -- front to back --------------------------------------------------------
 
-    def _read(self, n, what, where, hashed=True) -> bytes:
+    def _read(self, n: int, what: str, where: Where, hashed: bool = True) -> bytes:
         data = read_exact(self._f, n)
         if len(data) != n:
             raise FormatError(f"truncated in the {what}: expected {n} bytes, got {len(data)}", **where)
@@ -70,7 +73,7 @@ class StreamReader:
         return data
 
     def _read_header(self) -> Header:
-        where = dict(section="header")
+        where = Where(section="header")
         start = read_exact(self._f, PREAMBLE.size)
         if not start:
             raise FormatError("empty, not a tzero backup", **where)
@@ -102,7 +105,7 @@ class StreamReader:
         self._payloads_in_digest = payloads_in_digest(version)
         return header
 
-    def records(self):
+    def records(self) -> Iterator[Record]:
         """Yield every Record in stream order, then check index, trailer and digest.
 
         Raises FormatError at the first problem; nothing after it is yielded.
@@ -132,7 +135,7 @@ class StreamReader:
         self._check_index(position, count, implied_index.digest())
         self._check_trailer(position, count, data_bytes, stored_bytes)
 
-    def _read_record(self, last_ds, lowest):
+    def _read_record(self, last_ds: int, lowest: int) -> tuple[bytes, bytes] | None:
         """The next record as (head, payload), checked against its check and the
         ordering rules given the last one (LAST_DS ending at LOWEST); None at the index."""
         datasets = self.header.datasets
@@ -146,7 +149,7 @@ class StreamReader:
                               f"found {tag!r}", **between)
         head = tag + self._read(RECORD_HEAD.size - 4, "record head", between)
         _, codec, flags, reserved, ds, length, offset, stored, reserved2 = RECORD_HEAD.unpack(head)
-        where = dict(dataset=datasets[ds].name, offset=offset) if ds < len(datasets) else between
+        where = Where(dataset=datasets[ds].name, offset=offset) if ds < len(datasets) else between
         if stored > MAX_RECORD_LENGTH:
             raise FormatError(f"record length {stored} exceeds the limit of "
                               f"{MAX_RECORD_LENGTH}", **where)
@@ -161,14 +164,14 @@ class StreamReader:
             raise FormatError(problem, **where)
         return head, payload
 
-    def _between(self, ds, offset) -> dict:
+    def _between(self, ds: int, offset: int) -> Where:
         """Where the stream is between records: the end of the last good one."""
         if not self.header.datasets:
-            return dict(section="records")
-        return dict(dataset=self.header.datasets[ds].name, offset=offset)
+            return Where(section="records")
+        return Where(dataset=self.header.datasets[ds].name, offset=offset)
 
-    def _check_index(self, index_position, count, implied) -> None:
-        where = dict(section="index")
+    def _check_index(self, index_position: int, count: int, implied: bytes) -> None:
+        where = Where(section="index")
         rest = self._read(INDEX_HEAD.size - 4, "index head", where)
         _, reserved, listed = INDEX_HEAD.unpack(INDEX_TAG + rest)
         check = xxhash.xxh3_128(INDEX_TAG + rest)
@@ -188,8 +191,8 @@ class StreamReader:
         if entries.digest() != implied:
             raise FormatError("index does not match the records", **where)
 
-    def _check_trailer(self, index_position, count, data_bytes, stored_bytes) -> None:
-        where = dict(section="trailer")
+    def _check_trailer(self, index_position: int, count: int, data_bytes: int, stored_bytes: int) -> None:
+        where = Where(section="trailer")
         fields = self._read(TRAILER_FIELDS.size, "trailer", where)
         if xxhash.xxh3_128(fields).digest() != self._read(CHECK_SIZE, "trailer checksum", where):
             raise FormatError("trailer checksum mismatch", **where)
@@ -219,7 +222,7 @@ class StreamReader:
         with kept_position(self._f):
             end = self._f.seek(0, 2) - self._base
             smallest = self._data_start + INDEX_HEAD.size + CHECK_SIZE + TRAILER_SIZE
-            where = dict(section="trailer")
+            where = Where(section="trailer")
             if end < smallest:
                 raise FormatError(f"stream is {end} bytes, too short to hold an index "
                                   "and a trailer", **where)
@@ -241,7 +244,7 @@ class StreamReader:
     def read_index(self) -> "Index":
         """The index of a seekable F, checked against the trailer and the ordering rules."""
         trailer = self.read_trailer()
-        where = dict(section="index")
+        where = Where(section="index")
         size = INDEX_HEAD.size + trailer.record_count * INDEX_ENTRY.size + CHECK_SIZE
         with kept_position(self._f):
             self._f.seek(self._base + trailer.index_position)
@@ -265,7 +268,7 @@ class StreamReader:
     def read_record(self, entry: IndexEntry) -> bytes:
         """The stored payload of the record ENTRY names, checked against its checksum."""
         name = self.header.datasets[entry.dataset_index].name
-        where = dict(dataset=name, offset=entry.offset)
+        where = Where(dataset=name, offset=entry.offset)
         size = RECORD_HEAD.size + entry.stored_length + CHECK_SIZE
         with kept_position(self._f):
             self._f.seek(self._base + entry.position)
@@ -281,7 +284,7 @@ class StreamReader:
         return raw[RECORD_HEAD.size:-CHECK_SIZE]
 
 
-def _decoded(codec, payload, length, dataset, offset):
+def _decoded(codec: int, payload: bytes, length: int, dataset: str, offset: int) -> bytes:
     try:
         return decode(codec, payload, length)
     except CodecError as e:

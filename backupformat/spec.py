@@ -16,8 +16,9 @@ specification; the tables next to each struct here are a summary.
 import datetime
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict, TypeGuard
 
 from backupformat.codec import CODEC_RAW, CODECS
 
@@ -74,7 +75,8 @@ class FormatError(Exception):
     between records (or its head is unusable).
     """
 
-    def __init__(self, reason, *, section="records", dataset=None, offset=None):
+    def __init__(self, reason: str, *, section: str = "records", dataset: str | None = None,
+                 offset: int | None = None) -> None:
         self.reason = reason
         self.section = section
         self.dataset = dataset
@@ -84,6 +86,14 @@ class FormatError(Exception):
         else:
             where = section
         super().__init__(f"{where}: {reason}")
+
+
+class Where(TypedDict, total=False):
+    """Where a problem is, as FormatError's keyword arguments: a section, or a dataset and offset."""
+
+    section: str
+    dataset: str
+    offset: int
 
 
 class Dataset(NamedTuple):
@@ -116,7 +126,7 @@ class Trailer(NamedTuple):
     stream_bytes: int
 
 
-def dataset_name_problem(name) -> str | None:
+def dataset_name_problem(name: object) -> str | None:
     """Why NAME cannot be a dataset name, or None. Restore makes NAME.img from it."""
     if not isinstance(name, str) or not name:
         return "a dataset name must be a non-empty string"
@@ -134,11 +144,11 @@ class Header:
     tool_version: str
     time_zero: str  # ISO 8601
     chunk_size: int
-    datasets: list  # of Dataset, in stream order
-    extra: dict = field(default_factory=dict)  # free JSON object for the layers above
+    datasets: list[Dataset]  # in stream order
+    extra: dict[str, object] = field(default_factory=dict)  # free JSON object for the layers above
     format_version: int = FORMAT_VERSION
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         # Accept plain (name, size) pairs; anything stranger is left for problem().
         if isinstance(self.datasets, (list, tuple)) and all(
                 isinstance(d, (list, tuple)) and len(d) == 2 for d in self.datasets):
@@ -153,18 +163,24 @@ class Header:
 
     def problem(self) -> str | None:
         """Why this header cannot be written or trusted, or None."""
-        if not isinstance(self.tool_version, str):
+        # A header made from JSON holds whatever the JSON held until this returns None, so the
+        # fields are checked as plain objects, whatever their declared types.
+        tool_version: object = self.tool_version
+        chunk_size: object = self.chunk_size
+        extra: object = self.extra
+        datasets: object = self.datasets
+        if not isinstance(tool_version, str):
             return "tool_version must be a string"
         if not _is_iso8601(self.time_zero):
             return f"time_zero {self.time_zero!r} is not an ISO 8601 time"
-        if not is_int(self.chunk_size) or self.chunk_size <= 0:
-            return f"chunk_size {self.chunk_size!r} must be a positive integer"
-        if not isinstance(self.extra, dict):
+        if not is_int(chunk_size) or chunk_size <= 0:
+            return f"chunk_size {chunk_size!r} must be a positive integer"
+        if not isinstance(extra, dict):
             return "extra must be a JSON object"
-        if not isinstance(self.datasets, (list, tuple)):
+        if not isinstance(datasets, (list, tuple)):
             return "datasets must be a list"
         seen = set()
-        for d in self.datasets:
+        for d in datasets:
             if not isinstance(d, Dataset):
                 return "each dataset must be a (name, size) pair"
             bad = dataset_name_problem(d[0])
@@ -226,19 +242,21 @@ class _HeaderProblem(Exception):
     pass
 
 
-def is_int(v) -> bool:
+def is_int(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_iso8601(v) -> bool:
+def _is_iso8601(v: object) -> bool:
+    if not isinstance(v, str):
+        return False  # fromisoformat would raise TypeError
     try:
         datetime.datetime.fromisoformat(v)
-    except (TypeError, ValueError):
+    except ValueError:
         return False
     return True
 
 
-def codec_problem(codec, flags, reserved, reserved2, length, stored) -> str | None:
+def codec_problem(codec: int, flags: int, reserved: int, reserved2: int, length: int, stored: int) -> str | None:
     if flags or reserved or reserved2:
         return "reserved record fields are not zero"
     if codec not in CODECS:
@@ -250,7 +268,8 @@ def codec_problem(codec, flags, reserved, reserved2, length, stored) -> str | No
     return None
 
 
-def place_problem(datasets, last_ds, lowest, ds, offset, length) -> str | None:
+def place_problem(datasets: Sequence[Dataset], last_ds: int, lowest: int, ds: int, offset: int,
+                  length: int) -> str | None:
     """Why a record (DS, OFFSET, LENGTH) cannot follow one of LAST_DS ending at LOWEST."""
     if ds >= len(datasets):
         return f"record names dataset number {ds}, the header has {len(datasets)}"

@@ -13,8 +13,9 @@ Not thread-safe: the caller serialises requests (one file position, one cache).
 
 import bisect
 from collections import OrderedDict
+from collections.abc import Iterator
 
-from backupformat import FormatError, StreamReader
+from backupformat import FormatError, IndexEntry, StreamReader
 
 CACHED_RECORDS = 8
 
@@ -22,7 +23,7 @@ CACHED_RECORDS = 8
 class BackupFile:
     """An open backup: its header, its index (checked against the trailer), its datasets by name."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         self.path = path
         self._f = open(path, "rb")
         try:
@@ -37,7 +38,7 @@ class BackupFile:
     def view(self, name: str) -> "DatasetView":
         return DatasetView(self, self.names.index(name))
 
-    def data(self, entry) -> bytes:
+    def data(self, entry: IndexEntry) -> bytes:
         """ENTRY's decoded bytes; FormatError if the record is damaged."""
         data = self._cache.get(entry.position)
         if data is None:
@@ -54,13 +55,13 @@ class BackupFile:
 
 
 class DatasetView:
-    def __init__(self, backup: BackupFile, dataset: int):
+    def __init__(self, backup: BackupFile, dataset: int) -> None:
         self.backup = backup
         self.dataset = dataset
         self.name = backup.names[dataset]
         self.size = backup.reader.header.datasets[dataset].size
 
-    def _entries_from(self, offset: int):
+    def _entries_from(self, offset: int) -> Iterator[IndexEntry]:
         """Index entries of this dataset that end after OFFSET, in order."""
         index = self.backup.index
         i = bisect.bisect_right(index, (self.dataset, offset), key=lambda e: (e.dataset_index, e.offset))
@@ -70,7 +71,7 @@ class DatasetView:
             yield index[i]
             i += 1
 
-    def read_into(self, buf, offset: int) -> None:
+    def read_into(self, buf: bytearray | memoryview, offset: int) -> None:
         """Fill BUF with the dataset's bytes at OFFSET (within the dataset). FormatError if damaged."""
         view = memoryview(buf)
         end = offset + len(view)

@@ -1,9 +1,12 @@
 """Writing a stream front to back, never seeking, so it can go down a pipe."""
 
+from collections.abc import Callable
+from typing import TypedDict, TypeVarTuple
+
 import xxhash
 
-from backupformat.codec import CODEC_RAW, DEFAULT_ZSTD_LEVEL, Encoder
-from backupformat.fileobj import write_all
+from backupformat.codec import CODEC_RAW, DEFAULT_ZSTD_LEVEL, Buffer, Encoder
+from backupformat.fileobj import OutputFile, write_all
 from backupformat.spec import (
     END_MAGIC,
     FORMAT_VERSION,
@@ -24,6 +27,18 @@ from backupformat.spec import (
     payloads_in_digest,
 )
 
+Ts = TypeVarTuple("Ts")
+
+
+class StreamSummary(TypedDict):
+    """What finish() returns: the stream's size, its records and bytes, its digest (hex)."""
+
+    bytes: int
+    records: int
+    data_bytes: int
+    stored_bytes: int
+    digest: str
+
 
 class StreamWriter:
     """Writes one stream front to back to OUT, which need not seek (a pipe will do).
@@ -37,7 +52,8 @@ class StreamWriter:
     Memory: the index waits in memory until finish(), 32 bytes per record.
     """
 
-    def __init__(self, out, header: Header, codec: int = CODEC_RAW, level: int = DEFAULT_ZSTD_LEVEL):
+    def __init__(self, out: OutputFile, header: Header, codec: int = CODEC_RAW,
+                 level: int = DEFAULT_ZSTD_LEVEL) -> None:
         problem = header.problem()
         if problem:
             raise ValueError(problem)
@@ -67,7 +83,7 @@ class StreamWriter:
         check.update(body)
         self._guarded(self._emit, preamble, body, check.digest())
 
-    def write(self, dataset_index: int, offset: int, data) -> None:
+    def write(self, dataset_index: int, offset: int, data: Buffer) -> None:
         """Append one record: DATA (bytes-like, 1 to MAX_RECORD_LENGTH bytes) at OFFSET.
 
         Order: dataset_index never decreases; within a dataset, a record starts
@@ -95,7 +111,7 @@ class StreamWriter:
         self._dataset = dataset_index
         self._next_offset = offset + length
 
-    def finish(self) -> dict:
+    def finish(self) -> StreamSummary:
         """Write the index and trailer, flush OUT; return the stream's summary.
 
         Returns dict(bytes, records, data_bytes, stored_bytes, digest (hex)).
@@ -119,22 +135,22 @@ class StreamWriter:
                     data_bytes=self._data_bytes, stored_bytes=self._stored_bytes,
                     digest=digest.hex())
 
-    def _emit(self, *bufs) -> None:
+    def _emit(self, *bufs: Buffer) -> None:
         for buf in bufs:
             self._put(buf, hashed=True)
 
-    def _emit_record(self, head, payload, check) -> None:
+    def _emit_record(self, head: bytes, payload: Buffer, check: bytes) -> None:
         self._put(head, hashed=True)
         self._put(payload, hashed=self._payloads_in_digest)
         self._put(check, hashed=True)
 
-    def _put(self, buf, hashed: bool) -> None:
+    def _put(self, buf: Buffer, hashed: bool) -> None:
         if hashed:
             self._digest.update(buf)
         write_all(self._out, buf)
         self.bytes_written += memoryview(buf).nbytes
 
-    def _guarded(self, fn, *args) -> None:
+    def _guarded(self, fn: Callable[[*Ts], object], *args: *Ts) -> None:
         try:
             fn(*args)
         except BaseException:
@@ -145,7 +161,7 @@ class StreamWriter:
         if self._state != "open":
             raise ValueError(f"the stream writer is {self._state}")
 
-    def _check_place(self, dataset_index, offset, length) -> None:
+    def _check_place(self, dataset_index: int, offset: int, length: int) -> None:
         if not is_int(dataset_index) or not 0 <= dataset_index < len(self._datasets):
             raise ValueError(f"dataset index {dataset_index!r} is not in the header")
         if dataset_index < self._dataset:

@@ -6,7 +6,7 @@ nothing else of the project.
     concordance  the byte layout of the shared concordance: chunk states, header, DEAD flag
     units        the size grammar users type (64K, 1.5G, 512MiB) and human-readable sizes
     fileio       positional I/O that never stops short, zero-fill, unlinked scratch files,
-                 files created private (0600)
+                 files created private (0600); Buffer, WritableBuffer: the bytes-like types
     blockdev     system calls Python's os lacks: fallocate modes, block-device ioctls
     arena        large buffers on transparent huge pages
 

@@ -8,11 +8,15 @@ import errno
 import os
 import tempfile
 
+# The bytes-like objects the functions here take (collections.abc.Buffer is 3.12's).
+Buffer = bytes | bytearray | memoryview
+WritableBuffer = bytearray | memoryview  # what a read may fill
+
 ZEROS = memoryview(bytes(1 << 20))  # read-only: what zero_fill writes when nothing cheaper works
 PRIVATE = 0o600  # disk images and backups hold whole disks: owner only, whatever the umask
 
 
-def read_fully(fd: int, buf, offset: int, name: str) -> None:
+def read_fully(fd: int, buf: WritableBuffer, offset: int, name: str) -> None:
     """Fill BUF from FD at OFFSET; OSError(EIO) naming NAME if the file ends first."""
     view = memoryview(buf)
     done = 0
@@ -23,7 +27,7 @@ def read_fully(fd: int, buf, offset: int, name: str) -> None:
         done += n
 
 
-def write_all(fd: int, buf, offset: int) -> None:
+def write_all(fd: int, buf: Buffer, offset: int) -> None:
     """Write all of BUF to FD at OFFSET."""
     done = os.pwrite(fd, buf, offset)
     if done == len(buf):

@@ -8,6 +8,14 @@ validates requests with it, the controller builds them and reads the defaults.
 """
 
 import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+# A decoded request: a JSON object whose values are whatever JSON holds, so Any. parse_request
+# has checked the fields against OPS, which says each one's type.
+Message = dict[str, Any]
+# A reply as the plugin builds it, before encode.
+Reply = dict[str, object]
 
 VERSION = 1
 SUPPORTED_VERSIONS = (1,)
@@ -24,7 +32,7 @@ DEFAULT_SAVED_LIMIT = 4096  # saved: chunk numbers per reply
 FAILURE_POLICY = "break-backup"
 
 # op -> {field: (type, required)}
-OPS = {
+OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "hello": {"version": (int, True)},
     # track: {export: [[offset, length], ...]}: only chunks touching these byte ranges
     # are copied-before-write; an export of the session not named there is tracked whole.
@@ -56,17 +64,17 @@ ERRORS = {
 
 
 class ProtocolError(Exception):
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str) -> None:
         assert code in ERRORS, f"error codes are listed in ERRORS: {code}"
         super().__init__(message)
         self.code = code
         self.message = message
 
-    def reply(self) -> dict:
+    def reply(self) -> Reply:
         return {"ok": False, "error": self.code, "message": self.message}
 
 
-def parse_request(line: bytes) -> dict:
+def parse_request(line: bytes) -> Message:
     """Decode and validate one request line; raises ProtocolError('bad-message')."""
     try:
         msg = json.loads(line)
@@ -92,11 +100,11 @@ def parse_request(line: bytes) -> dict:
     return msg
 
 
-def encode(msg: dict) -> bytes:
+def encode(msg: Mapping[str, object]) -> bytes:
     return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
 
 
-def ranges_of(chunks) -> list[list[int]]:
+def ranges_of(chunks: Iterable[int]) -> list[list[int]]:
     """Sorted chunk numbers -> [[first, count], ...] runs (the form release takes)."""
     runs: list[list[int]] = []
     for c in chunks:

@@ -26,8 +26,9 @@ def parse_size(text: str, what: str = "size") -> int:
     if "." not in number:
         return int(number) << _SHIFT[unit]
     whole, _, fraction = number.partition(".")
-    scaled = (int(whole or "0") * 10 ** len(fraction) + int(fraction)) << _SHIFT[unit]
-    value, rest = divmod(scaled, 10 ** len(fraction))
+    scale: int = 10 ** len(fraction)  # int ** int is typed Any: a negative power would be a float
+    scaled = (int(whole or "0") * scale + int(fraction)) << _SHIFT[unit]
+    value, rest = divmod(scaled, scale)
     if rest:
         raise ValueError(f"{what}: {text!r} is not a whole number of bytes")
     return value

@@ -14,59 +14,60 @@ never served as data.
 import errno
 import os
 import sys
+from typing import NoReturn
 
 # nbdkit does not put the script's folder on sys.path; the backupformat package lives beside it.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import nbdkit  # noqa: E402
 
-from backupformat.view import BackupFile, FormatError  # noqa: E402
+from backupformat.view import BackupFile, DatasetView, FormatError  # noqa: E402
 
 API_VERSION = 2
 
-_config: dict = {}  # "backup": PATH, set by config
-_state: dict = {}  # "backup": BackupFile, made in get_ready, never replaced
+_config: dict[str, str] = {}  # "backup": PATH, set by config
+_state: dict[str, BackupFile] = {}  # "backup": BackupFile, made in get_ready, never replaced
 
 
-def _fail(err: int, message: str):
+def _fail(err: int, message: str) -> NoReturn:
     nbdkit.set_error(err)
     raise OSError(err, message)
 
 
-def thread_model():
+def thread_model() -> int:
     return nbdkit.THREAD_MODEL_SERIALIZE_ALL_REQUESTS
 
 
-def config(key, value):
+def config(key: str, value: str) -> None:
     if key != "backup":
         raise RuntimeError(f"unknown parameter {key!r} (expected backup=PATH)")
     _config["backup"] = os.path.abspath(value)
 
 
-def config_complete():
+def config_complete() -> None:
     if "backup" not in _config:
         raise RuntimeError("no backup: give backup=PATH")
 
 
-def get_ready():
+def get_ready() -> None:
     _state["backup"] = BackupFile(_config["backup"])
 
 
-def cleanup():
+def cleanup() -> None:
     if "backup" in _state:
         _state["backup"].close()
 
 
-def list_exports(readonly, is_tls):
+def list_exports(readonly: bool, is_tls: bool) -> list[str]:
     return list(_state["backup"].names)
 
 
-def default_export(readonly, is_tls):
+def default_export(readonly: bool, is_tls: bool) -> str:
     names = _state["backup"].names
     return names[0] if names else ""
 
 
-def open(readonly):
+def open(readonly: bool) -> DatasetView:
     backup = _state["backup"]
     name = nbdkit.export_name() or default_export(readonly, False)
     if name not in backup.names:
@@ -74,23 +75,23 @@ def open(readonly):
     return backup.view(name)
 
 
-def get_size(h):
+def get_size(h: DatasetView) -> int:
     return h.size
 
 
-def can_write(h):
+def can_write(h: DatasetView) -> bool:
     return False
 
 
-def can_extents(h):
+def can_extents(h: DatasetView) -> bool:
     return True
 
 
-def can_multi_conn(h):
+def can_multi_conn(h: DatasetView) -> bool:
     return True
 
 
-def pread(h, buf, offset, flags):
+def pread(h: DatasetView, buf: memoryview, offset: int, flags: int) -> None:
     try:
         h.read_into(buf, offset)
     except (FormatError, OSError) as e:
@@ -98,6 +99,6 @@ def pread(h, buf, offset, flags):
         _fail(errno.EIO, str(e))
 
 
-def extents(h, count, offset, flags):
+def extents(h: DatasetView, count: int, offset: int, flags: int) -> list[tuple[int, int, int]]:
     hole = nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO
     return [(o, n, hole if is_hole else 0) for o, n, is_hole in h.extents(offset, count)]

@@ -1,10 +1,10 @@
 """The concordance of one export: for every chunk, where its time-zero content is.
 
 The states and the shared byte layout are common/concordance.py's (PENDING, then SAVED
-or DONE, never back). Forming a map costs one bytearray and reads no data, so it is cheap enough to
-do while writes are frozen. Chunks outside the tracked ranges (when the session
-names some) start DONE: nothing is owed for them, so a mutation there costs one
-state lookup and no copy-before-write.
+or DONE, never back). Making a map reads no data (one zero-filled memfd mapping), and the
+session makes its maps at open, so the freeze allocates nothing. Chunks outside the
+tracked ranges (when the session names some) start DONE: nothing is owed for them, so a
+mutation there costs one state lookup and no copy-before-write.
 
 Shared with the controller: the states live in a memfd mapping that a controller on
 the same host maps read-only (the session's `open` reply names it), so it can read
@@ -23,6 +23,7 @@ the write path.
 import mmap
 import os
 import threading
+from collections.abc import Iterable
 
 from common.concordance import DEAD_OFFSET, DONE, HEADER, PENDING, SAVED, chunk_count, mapping_size
 
@@ -36,16 +37,20 @@ class ChunkMap:
     it may be read without it when the caller only acts on non-PENDING states, because
     states never move back to PENDING."""
 
-    def __init__(self, size: int, chunk_size: int, tracked=None):
+    def __init__(self, size: int, chunk_size: int, tracked: Iterable[tuple[int, int]] | None = None) -> None:
         """TRACKED: (offset, length) byte ranges whose chunks start PENDING, the rest DONE;
         None tracks every chunk. Ranges are validated by the caller (within SIZE, length > 0)."""
         assert chunk_size > 0 and chunk_size % 512 == 0, "chunk size is validated at start-up"
-        self.size = size  # set at formation, never changed
-        self.chunk_size = chunk_size  # set at formation, never changed
+        # set at formation, never changed
+        self.size = size
+        self.chunk_size = chunk_size
         self.count = chunk_count(size, chunk_size)
-        self._fd = os.memfd_create("tzero-concordance", os.MFD_CLOEXEC)
+        self._stripes = [threading.Lock() for _ in range(min(STRIPES, max(self.count, 1)))]
+        self._fd = os.memfd_create("tzero-concordance", os.MFD_CLOEXEC)  # closed once, by close() (-1 then)
         os.ftruncate(self._fd, mapping_size(self.count))
-        self._shared = mmap.mmap(self._fd, mapping_size(self.count))  # zero-filled: alive, all PENDING
+        # zero-filled: alive, all PENDING. Its DEAD byte is set once, by mark_dead, under Session._lock.
+        self._shared = mmap.mmap(self._fd, mapping_size(self.count))
+        # guarded by the stripe locks: chunk c's state is written only under lock(c)
         self.states = memoryview(self._shared)[HEADER:]
         if tracked is not None:
             self.states[:] = bytes([DONE]) * self.count
@@ -53,7 +58,6 @@ class ChunkMap:
                 span = self.span(offset, length)
                 self.states[span.start:span.stop] = bytes(len(span))
         self.untracked = self.count_of(DONE)  # set at formation, never changed
-        self._stripes = [threading.Lock() for _ in range(min(STRIPES, max(self.count, 1)))]
 
     def lock(self, chunk: int) -> threading.Lock:
         return self._stripes[chunk % len(self._stripes)]
@@ -80,7 +84,7 @@ class ChunkMap:
         """How many of chunks START..STOP-1 are in STATE."""
         return self.states[start:stop].tobytes().count(state)
 
-    def shared(self) -> dict:
+    def shared(self) -> dict[str, str | int]:
         """Where another process on this host maps this concordance (read-only)."""
         return {"path": f"/proc/{os.getpid()}/fd/{self._fd}", "header": HEADER, "chunks": self.count,
                 "chunk_size": self.chunk_size}

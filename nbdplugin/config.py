@@ -48,7 +48,7 @@ def parse_export(spec: str) -> tuple[str, str]:
 
 
 class PluginConfig:
-    def __init__(self):
+    def __init__(self) -> None:
         self.exports: list[tuple[str, str]] = []
         self.control: str | None = None
         self.side_memory = DEFAULT_SIDE_MEMORY

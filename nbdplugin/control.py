@@ -12,8 +12,8 @@ import os
 import socket
 import threading
 
-from common.protocol import MAX_LINE, ProtocolError, encode, parse_request
-from nbdplugin.subsystem import log
+from common.protocol import MAX_LINE, ProtocolError, Reply, encode, parse_request
+from nbdplugin.subsystem import Subsystem, log
 
 WATCHDOG_INTERVAL_S = 0.05
 
@@ -23,17 +23,20 @@ class ControlSocketError(Exception):
 
 
 class Connection:
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock  # set at accept, never changed
+        # this connection's thread only
         self.greeted = False  # set by hello, read by the subsystem
 
 
 class ControlServer:
-    def __init__(self, path: str, subsystem):
+    def __init__(self, path: str, subsystem: Subsystem) -> None:
+        # set at start-up, never changed
         self.path = os.path.abspath(path)
         self.subsystem = subsystem
+        self._stopping = threading.Event()  # set by stop(), on nbdkit's main thread
+        # nbdkit's main thread: made by bind() before start(), closed by stop() (the accept loop then ends)
         self._listener: socket.socket | None = None
-        self._stopping = threading.Event()
 
     def bind(self) -> None:
         """Create the socket now, so start-up fails loudly if it cannot be had."""
@@ -80,9 +83,11 @@ class ControlServer:
             pass
 
     def _accept_loop(self) -> None:
+        listener = self._listener
+        assert listener is not None, "start() checked that bind() made it"
         while not self._stopping.is_set():
             try:
-                sock, _ = self._listener.accept()
+                sock, _ = listener.accept()
             except OSError:
                 return
             threading.Thread(target=self._serve, args=(Connection(sock),), name="tzero-conn", daemon=True).start()
@@ -106,7 +111,7 @@ class ControlServer:
             reader.close()
             conn.sock.close()
 
-    def _answer(self, conn: Connection, line: bytes) -> dict:
+    def _answer(self, conn: Connection, line: bytes) -> Reply:
         try:
             reply = self.subsystem.handle(conn, parse_request(line))
         except ProtocolError as e:

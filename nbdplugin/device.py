@@ -9,7 +9,7 @@ import os
 import stat
 
 from common import blockdev
-from common.fileio import read_fully, write_all, zero_fill
+from common.fileio import Buffer, WritableBuffer, read_fully, write_all, zero_fill
 
 
 class DeviceError(Exception):
@@ -17,8 +17,9 @@ class DeviceError(Exception):
 
 
 class Device:
-    def __init__(self, name: str, path: str):
-        self.name = name  # set at open, never changed
+    def __init__(self, name: str, path: str) -> None:
+        # set at open, never changed (fd is closed by close(), at exit)
+        self.name = name
         self.path = os.path.abspath(path)
         try:
             st = os.stat(self.path)
@@ -35,15 +36,15 @@ class Device:
             raise DeviceError(f"export {name}: {self.path}: {e.strerror}") from None
         self.size = blockdev.block_device_size(self.fd) if self.is_block else st.st_size
 
-    def read_into(self, buf, offset: int) -> None:
+    def read_into(self, buf: WritableBuffer, offset: int) -> None:
         read_fully(self.fd, buf, offset, self.path)
 
-    def identity(self) -> dict:
+    def identity(self) -> dict[str, str | int]:
         """What a process on this host checks to know it opened this very device or file."""
         st = os.fstat(self.fd)
         return {"path": self.path, "dev": st.st_dev, "ino": st.st_ino, "rdev": st.st_rdev}
 
-    def write(self, buf, offset: int) -> None:
+    def write(self, buf: Buffer, offset: int) -> None:
         write_all(self.fd, buf, offset)
 
     def flush(self) -> None:

@@ -12,6 +12,7 @@ lock round trip each way: the condition is only waited on or notified while froz
 
 import threading
 import time
+from collections.abc import Callable
 
 
 class FreezeTimeout(Exception):
@@ -19,14 +20,16 @@ class FreezeTimeout(Exception):
 
 
 class WriteGate:
-    def __init__(self, on_expire=None):
+    def __init__(self, on_expire: Callable[[], None] | None = None) -> None:
+        # set at start-up, never changed
+        self.on_expire = on_expire  # called once, without the lock held, when a freeze outlives its deadline
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        # guarded by _lock (`frozen` reads _frozen without it: one atomic attribute read)
         self._frozen = False
         self._inflight = 0
         self._deadline = 0.0
         self._closed_at = 0.0
-        self.on_expire = on_expire  # called once, without the lock held, when a freeze outlives its deadline
 
     def enter(self) -> None:
         """Admit one mutation; waits while frozen, at most until the freeze deadline."""

@@ -13,6 +13,8 @@ Mutations are serialised per chunk inside the session, never globally.
 import errno
 import os
 import sys
+from collections.abc import Callable
+from typing import NoReturn, TypedDict, TypeVar, TypeVarTuple
 
 # nbdkit does not put the script's folder on sys.path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,35 +24,48 @@ import nbdkit  # noqa: E402
 from nbdplugin.config import PluginConfig  # noqa: E402
 from nbdplugin.control import ControlServer  # noqa: E402
 from nbdplugin.device import Device  # noqa: E402
-from nbdplugin.subsystem import Subsystem  # noqa: E402
+from nbdplugin.session import Session  # noqa: E402
+from nbdplugin.subsystem import Export, Subsystem  # noqa: E402
 
 API_VERSION = 2
 
+Ts = TypeVarTuple("Ts")
+R = TypeVar("R")
+
+
+class _State(TypedDict, total=False):
+    subsystem: Subsystem
+    server: ControlServer
+
+
 _config = PluginConfig()
-_state: dict = {}  # "subsystem", "server": made in get_ready, never replaced
+_state: _State = {}  # made in get_ready, never replaced
 
 
 class LiveHandle:
-    def __init__(self, export, readonly):
+    def __init__(self, export: Export, readonly: bool) -> None:
         self.export = export
         self.readonly = readonly
 
 
 class ViewHandle:
-    def __init__(self, export, session):
+    def __init__(self, export: Export, session: Session) -> None:
         self.export = export
         self.session = session
 
 
-def _fail(err: int, message: str):
+Handle = LiveHandle | ViewHandle
+
+
+def _fail(err: int, message: str) -> NoReturn:
     nbdkit.set_error(err)
     raise OSError(err, message)
 
 
-def _io(fn):
+def _io(fn: Callable[[*Ts], R]) -> Callable[[*Ts], R]:
     """Report OSErrors from the device or a session with their errno."""
 
-    def wrapper(*args):
+    def wrapper(*args: *Ts) -> R:
         try:
             return fn(*args)
         except OSError as e:
@@ -61,49 +76,50 @@ def _io(fn):
     return wrapper
 
 
-def thread_model():
+def thread_model() -> int:
     return nbdkit.THREAD_MODEL_PARALLEL
 
 
-def config(key, value):
+def config(key: str, value: str) -> None:
     _config.set(key, value)
 
 
-def config_complete():
+def config_complete() -> None:
     _config.validate()
 
 
-def get_ready():
+def get_ready() -> None:
     devices = [Device(name, path) for name, path in _config.exports]
-    nbd: dict = {}
+    nbd: dict[str, str | int] = {}
     if _config.nbd_socket:
         nbd = {"socket": _config.nbd_socket}
     elif _config.nbd_port:
         nbd = {"port": _config.nbd_port}
     subsystem = Subsystem(devices, _config.chunk, _config.side_memory, _config.side_dir, nbd, _config.spill_keep)
+    assert _config.control is not None, "config_complete checked it"
     server = ControlServer(_config.control, subsystem)
     server.bind()
-    _state.update(subsystem=subsystem, server=server)
+    _state.update({"subsystem": subsystem, "server": server})
 
 
-def after_fork():
+def after_fork() -> None:
     _state["server"].start()
 
 
-def cleanup():
+def cleanup() -> None:
     if "server" in _state:
         _state["server"].stop()
 
 
-def list_exports(readonly, is_tls):
+def list_exports(readonly: bool, is_tls: bool) -> list[str]:
     return list(_state["subsystem"].exports)
 
 
-def default_export(readonly, is_tls):
+def default_export(readonly: bool, is_tls: bool) -> str:
     return next(iter(_state["subsystem"].exports))
 
 
-def open(readonly):
+def open(readonly: bool) -> Handle:
     subsystem = _state["subsystem"]
     name, at, sid = nbdkit.export_name().partition("@")
     export = subsystem.exports.get(name or next(iter(subsystem.exports)))
@@ -117,64 +133,64 @@ def open(readonly):
     return ViewHandle(export, session)
 
 
-def get_size(h):
+def get_size(h: Handle) -> int:
     return h.export.device.size
 
 
-def can_write(h):
+def can_write(h: Handle) -> bool:
     return isinstance(h, LiveHandle) and not h.readonly
 
 
-def can_flush(h):
+def can_flush(h: Handle) -> bool:
     return isinstance(h, LiveHandle)
 
 
 can_trim = can_zero = can_extents = can_flush
 
 
-def can_fua(h):
+def can_fua(h: Handle) -> int:
     return nbdkit.FUA_NATIVE if isinstance(h, LiveHandle) else nbdkit.FUA_NONE
 
 
-def can_multi_conn(h):
+def can_multi_conn(h: Handle) -> bool:
     return True
 
 
 @_io
-def pread(h, buf, offset, flags):
+def pread(h: Handle, buf: memoryview, offset: int, flags: int) -> None:
     if isinstance(h, ViewHandle):
         h.session.read_view(h.export, buf, offset)
     else:
         h.export.device.read_into(buf, offset)
 
 
-def _mutate(h, offset, length, flags, apply, *args):
+def _mutate(h: Handle, offset: int, length: int, flags: int, apply: Callable[[*Ts], object], *args: *Ts) -> None:
     _state["subsystem"].mutate(h.export, offset, length, apply, *args)
     if flags & nbdkit.FLAG_FUA:
         h.export.device.flush()
 
 
 @_io
-def pwrite(h, buf, offset, flags):
+def pwrite(h: Handle, buf: memoryview, offset: int, flags: int) -> None:
     _mutate(h, offset, len(buf), flags, h.export.device.write, buf, offset)
 
 
 @_io
-def trim(h, count, offset, flags):
+def trim(h: Handle, count: int, offset: int, flags: int) -> None:
     _mutate(h, offset, count, flags, h.export.device.trim, offset, count)
 
 
 @_io
-def zero(h, count, offset, flags):
+def zero(h: Handle, count: int, offset: int, flags: int) -> None:
     _mutate(h, offset, count, flags, h.export.device.zero, offset, count, bool(flags & nbdkit.FLAG_MAY_TRIM))
 
 
 @_io
-def flush(h, flags):
+def flush(h: Handle, flags: int) -> None:
     h.export.device.flush()
 
 
 @_io
-def extents(h, count, offset, flags):
+def extents(h: Handle, count: int, offset: int, flags: int) -> list[tuple[int, int, int]]:
     hole = nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO
     return [(o, n, hole if is_hole else 0) for o, n, is_hole in h.export.device.extents(offset, count)]

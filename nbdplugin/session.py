@@ -5,51 +5,71 @@ Lifecycle: OPEN -> (freeze) FROZEN -> (thaw) ACTIVE -> CLOSED, or ABORTED from a
 phase. The concordance is formed while FROZEN, when no mutation is in flight, so
 every chunk starts PENDING with its time-zero content in place.
 
-Failure policy: break the backup, never the application. Any error while saving
-an old chunk (side store full, device read error) aborts the session and lets
-the mutation proceed. The first abort reason is sticky. Once aborted, view reads
-fail, so no mixed image can be read out.
+Failure policy: common.protocol.FAILURE_POLICY, "break-backup" (the `hello` reply names
+it): break the backup, never the application. Any error while saving an old chunk (side
+store full, device read error) aborts the session and lets the mutation proceed. The
+first abort reason is sticky. Once aborted, view reads fail, so no mixed image can be
+read out.
+
+An abort's clean-up (thaw the gates, close the maps, give the side store's slots back,
+on_end) runs on the thread that aborts; nbdplugin/__init__.py lists which those are and
+the locks they may hold.
 """
+
+from __future__ import annotations
 
 import errno
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NoReturn
 
+from common.fileio import WritableBuffer
 from nbdplugin.chunkmap import DONE, PENDING, SAVED, ChunkMap
 from nbdplugin.sidestore import SideStore, SideStoreFull
+
+if TYPE_CHECKING:  # both import this module
+    from nbdplugin.control import Connection
+    from nbdplugin.subsystem import Export
 
 OPEN, FROZEN, ACTIVE, CLOSED, ABORTED = "open", "frozen", "active", "closed", "aborted"
 
 
 class Session:
-    def __init__(self, sid: str, exports: list, chunk_size: int, side: SideStore, lease_s: float, owner,
-                 on_end=None, track: dict | None = None):
-        self.sid = sid  # set at open, never changed
-        self.exports = exports  # [Export], set at open, never changed
+    def __init__(self, sid: str, exports: list[Export], chunk_size: int, side: SideStore, lease_s: float,
+                 owner: Connection, on_end: Callable[[Session], None] | None = None,
+                 track: dict[str, list[tuple[int, int]]] | None = None) -> None:
+        # set at open, never changed
+        self.sid = sid
+        self.exports = exports
         self.chunk_size = chunk_size
-        self.side = side
+        self.side = side  # locks itself
         self.lease_s = lease_s
         self.owner = owner  # the control connection that opened it
-        self.phase = OPEN  # changed under _lock; read anywhere (a str assignment is atomic)
+        self.on_end = on_end  # called once, with the session, after it closed or aborted
+        self.track = track or {}  # export name -> [(offset, length)]; absent: tracked whole
+        self.opened_at = time.monotonic()
+        # export index -> map (the stripe locks guard its states: chunkmap.py). Built here, before
+        # the gates close, so that the freeze costs no allocation: its states only start to count
+        # at time zero, because nothing changes them before the session is ACTIVE.
+        self.maps: dict[int, ChunkMap] = {e.index: ChunkMap(e.device.size, chunk_size, self.track.get(e.name))
+                                          for e in exports}
+        self._lock = threading.Lock()
+        # guarded by _lock: changed under it, read anywhere (an attribute read is atomic)
+        self.phase = OPEN
         self.abort_reason: str | None = None
+        # written by the owner's control thread only (read by `status` from any connection, the watchdog)
         self.time_zero = 0.0  # wall clock when the concordance was formed
         self.pause_s: dict[str, float] = {}
         self.flush_at_thaw = True  # set by freeze: make time zero durable once the gates reopen
-        self.flushed = threading.Event()  # clear while that flush runs, set otherwise
-        self.flushed.set()
-        self.opened_at = time.monotonic()
+        self.copier_stats: dict[str, object] = {}  # the controller's counters, as its last heartbeat gave them
         self.last_seen = self.opened_at  # renewed by every message from the owner
-        self.cow_chunks = 0  # counters: approximate under concurrency is fine, they are statistics
+        # thread-safe itself: thaw clears it, the flush thread sets it, close waits for it
+        self.flushed = threading.Event()  # clear while the flush after thaw runs, set otherwise
+        self.flushed.set()
+        # statistics (approximate, no lock)
+        self.cow_chunks = 0
         self.released_bytes = 0
-        self._lock = threading.Lock()  # guards phase transitions and abort_reason
-        self.on_end = on_end  # called once, with the session, after it closed or aborted
-        self.track = track or {}  # export name -> [(offset, length)]; absent: tracked whole. Set at open
-        self.copier_stats: dict = {}  # the controller's counters, as its last heartbeat gave them
-        # export index -> map, set at open, never replaced. Built here, before the gates close,
-        # so that the freeze costs no allocation: its states only start to count at time zero,
-        # because nothing changes them before the session is ACTIVE.
-        self.maps: dict[int, ChunkMap] = {e.index: ChunkMap(e.device.size, chunk_size, self.track.get(e.name))
-                                          for e in exports}
 
     @property
     def alive(self) -> bool:
@@ -104,7 +124,7 @@ class Session:
 
     # --- copy-before-write -------------------------------------------------
 
-    def save_before_mutation(self, export, offset: int, length: int) -> None:
+    def save_before_mutation(self, export: Export, offset: int, length: int) -> None:
         """Save the old content of every PENDING chunk a mutation will touch.
 
         Called inside the export's write gate, before the mutation is applied.
@@ -134,14 +154,14 @@ class Session:
 
     # --- the time-zero view ------------------------------------------------
 
-    def read_view(self, export, buf, offset: int) -> None:
+    def read_view(self, export: Export, buf: WritableBuffer, offset: int) -> None:
         """Fill BUF with EXPORT's time-zero content at OFFSET, or raise OSError(EIO).
 
         Holds the stripe locks of every chunk the read touches (ascending, as chunkmap.py
         requires of readers) for the whole read, so that each run of PENDING chunks is one
         preadv straight into BUF: one system call and one release of the GIL per run
-        instead of per chunk. A mutation of one of these chunks waits for the read, as it
-        did for the chunk's own lock before; it then saves the chunk and goes on.
+        instead of per chunk. A mutation of one of these chunks waits for the read; it
+        then saves the chunk and goes on.
         """
         m = self._map(export)
         view = memoryview(buf)
@@ -165,11 +185,12 @@ class Session:
             for lock in reversed(locks):
                 lock.release()
 
-    def _read_mixed(self, export, m: ChunkMap, view, offset: int, end: int, chunks: range) -> None:
+    def _read_mixed(self, export: Export, m: ChunkMap, view: memoryview, offset: int, end: int,
+                    chunks: range) -> None:
         """read_view's general case, under the chunks' locks: runs of PENDING chunks from the
         device, SAVED chunks from the side store, EIO for a released one."""
         states = m.states
-        run = None  # device offset where the current run of PENDING chunks starts
+        run: int | None = None  # device offset where the current run of PENDING chunks starts
         for c in chunks:
             start, n = m.extent(c)
             lo, hi = max(offset, start), min(end, start + n)
@@ -188,18 +209,18 @@ class Session:
         if run is not None:
             export.device.read_into(view[run - offset : end - offset], run)
 
-    def _map(self, export) -> ChunkMap:
+    def _map(self, export: Export) -> ChunkMap:
         m = self.maps.get(export.index)
         if m is None or self.phase != ACTIVE:
             self._raise_dead()
         return m
 
-    def _raise_dead(self):
+    def _raise_dead(self) -> NoReturn:
         raise OSError(errno.EIO, f"session {self.sid} is {self.phase}: {self.abort_reason or 'no time-zero view'}")
 
     # --- release -----------------------------------------------------------
 
-    def release(self, export, first: int, count: int) -> None:
+    def release(self, export: Export, first: int, count: int) -> None:
         """Chunks FIRST..FIRST+COUNT-1 are in the backup: drop saved copies, stop tracking them."""
         m = self._map(export)
         if first < 0 or count < 0 or first + count > m.count:
@@ -212,15 +233,15 @@ class Session:
                     m.states[c] = DONE
                     self.released_bytes += m.extent(c)[1]
 
-    def saved_chunks(self, export, limit: int) -> list[int]:
+    def saved_chunks(self, export: Export, limit: int) -> list[int]:
         self._map(export)
         return self.side.keys(export.index, limit)
 
     # --- reporting ---------------------------------------------------------
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, object]:
         elapsed = max(time.monotonic() - self.opened_at, 1e-9)
-        exports = {}
+        exports: dict[str, dict[str, int] | None] = {}
         for e in self.exports:
             m = self.maps.get(e.index)
             exports[e.name] = m.counts() if m is not None else None

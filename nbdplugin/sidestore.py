@@ -15,11 +15,18 @@ someone is writing.
 """
 
 import threading
+from typing import Protocol
 
-from common.fileio import read_fully, write_all
+from common.fileio import WritableBuffer, read_fully, write_all
 from nbdplugin.slots import SlotPool, SpillUnavailable
 
 MEMORY, SPILL = 0, 1
+
+
+class ChunkSource(Protocol):
+    """Where a saved chunk's bytes come from: a Device."""
+
+    def read_into(self, buf: memoryview, offset: int, /) -> None: ...
 
 
 class SideStoreFull(Exception):
@@ -27,18 +34,20 @@ class SideStoreFull(Exception):
 
 
 class SideStore:
-    def __init__(self, pool: SlotPool):
-        self.pool = pool  # set at open, never changed
+    def __init__(self, pool: SlotPool) -> None:
+        # set at open, never changed
+        self.pool = pool
         self.memory_limit = pool.memory_slots * pool.chunk_size
         self._lock = threading.Lock()
+        # guarded by _lock (the byte counts are read without it, for reports and `pressure`)
         self._where: dict[tuple[int, int], tuple[int, int, int]] = {}  # key -> (MEMORY|SPILL, slot, length)
         self._closed = False
-        self.memory_bytes = 0  # these four: guarded by _lock
+        self.memory_bytes = 0
         self.spill_bytes = 0
         self.peak_bytes = 0
         self.saved_total = 0
 
-    def save(self, key: tuple[int, int], source, offset: int, length: int) -> None:
+    def save(self, key: tuple[int, int], source: ChunkSource, offset: int, length: int) -> None:
         """Keep LENGTH bytes (at most one chunk) that SOURCE.read_into(view, OFFSET) yields, as KEY.
 
         SideStoreFull when neither memory nor spill can take them; an OSError of SOURCE
@@ -47,7 +56,7 @@ class SideStore:
         slot = self.pool.take_memory()
         kind = MEMORY if slot is not None else SPILL
         try:
-            if kind == MEMORY:
+            if slot is not None:  # a memory slot (kind == MEMORY)
                 at = slot * self.pool.chunk_size
                 source.read_into(self.pool.memory[at:at + length], offset)
             else:
@@ -78,13 +87,15 @@ class SideStore:
         except SpillUnavailable as e:
             raise SideStoreFull(str(e)) from None
 
-    def _write_spill(self, slot: int, view) -> None:
+    def _write_spill(self, slot: int, view: memoryview) -> None:
+        fd = self.pool.spill_fd
+        assert fd is not None, "take_spill made the file, and only the subsystem's exit closes it"
         try:
-            write_all(self.pool.spill_fd, view, slot * self.pool.chunk_size)
+            write_all(fd, view, slot * self.pool.chunk_size)
         except OSError as e:
             raise SideStoreFull(f"spill file in {self.pool.spill_dir}: {e.strerror or e}") from e
 
-    def read_into(self, key: tuple[int, int], view, start: int) -> bool:
+    def read_into(self, key: tuple[int, int], view: WritableBuffer, start: int) -> bool:
         """Fill VIEW with KEY's saved bytes from START on; False if KEY is not here."""
         with self._lock:
             where = self._where.get(key)
@@ -96,7 +107,9 @@ class SideStore:
         if kind == MEMORY:
             view[:] = self.pool.memory[at:at + len(view)]
             return True
-        read_fully(self.pool.spill_fd, view, at, "the spill file")
+        fd = self.pool.spill_fd
+        assert fd is not None, "a spill slot is held, so the spill file is open"
+        read_fully(fd, view, at, "the spill file")
         return True
 
     def get(self, key: tuple[int, int]) -> bytes | None:

@@ -2,11 +2,10 @@
 by every session.
 
 Why it outlives sessions: copy-before-write sits on the application's write path, and
-a chunk saved into fresh memory pays a page fault per page first. Measured on these
-2-core hosts, a 64 KiB copy into never-touched memory took 72 us against 7 us into
-memory touched before, and a 64 KiB write into a new spill file 22 us against 9 us
-rewriting one. So the slots are made on first need and kept: a session's saves land
-in pages an earlier session already touched.
+a chunk saved into fresh memory pays a page fault per page first, as a chunk written
+into a new stretch of the spill file pays for allocating its blocks. So the slots are
+made on first need and kept: a session's saves land in pages and blocks an earlier
+session already touched.
 
     memory  an anonymous mapping of MEMORY_LIMIT bytes (whole chunks), slot i at i * CHUNK;
             pages are touched on first use and stay with the subsystem (its resident
@@ -33,21 +32,24 @@ class SpillUnavailable(Exception):
 
 
 class SlotPool:
-    def __init__(self, memory_limit: int, spill_dir: str, chunk_size: int, spill_keep_bytes: int | None = None):
-        self.chunk_size = chunk_size  # set at start-up, never changed
+    def __init__(self, memory_limit: int, spill_dir: str, chunk_size: int,
+                 spill_keep_bytes: int | None = None) -> None:
+        # set at start-up, never changed
+        self.chunk_size = chunk_size
         self.spill_dir = spill_dir
         self.memory_slots = memory_limit // chunk_size
         self._arena = huge_page_arena(self.memory_slots * chunk_size)
         self.memory = memoryview(self._arena)  # slot bytes; written only by a slot's holder
         # None: keep the high-water mark, so the disk a backup needed stays reserved for the next
         self.spill_keep_slots = None if spill_keep_bytes is None else spill_keep_bytes // chunk_size
+        self._scratch = threading.local()  # a chunk-sized buffer per thread, for saves that spill
         self._lock = threading.Lock()
-        self._free_memory: list[int] = []  # guarded by _lock, as are the fields below
+        # guarded by _lock
+        self._free_memory: list[int] = []
         self._memory_made = 0
         self._free_spill: list[int] = []
         self._spill_made = 0
-        self.spill_fd: int | None = None  # made on first need, then kept until close()
-        self._scratch = threading.local()  # a chunk-sized buffer per thread, for saves that spill
+        self.spill_fd: int | None = None  # made on first need, then kept until close(); read without the lock
 
     def take_memory(self) -> int | None:
         """A memory slot, or None if all are taken. Slots given back go first: their pages
@@ -87,9 +89,9 @@ class SlotPool:
                 self._spill_made = self.spill_keep_slots
                 self._free_spill = list(range(self._spill_made))
 
-    def scratch(self):
+    def scratch(self) -> memoryview:
         """This thread's chunk-sized buffer (made on its first spilling save, then reused)."""
-        buf = getattr(self._scratch, "buf", None)
+        buf: memoryview | None = getattr(self._scratch, "buf", None)
         if buf is None:
             buf = self._scratch.buf = memoryview(bytearray(self.chunk_size))
         return buf

@@ -6,11 +6,15 @@ open at a time; `_lock` guards `session` and `last_status` transitions, never
 the I/O path (writers read `session` once, an atomic attribute read).
 """
 
+from __future__ import annotations
+
 import secrets
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVarTuple
 
 from common.protocol import (
     DEFAULT_DEADLINE_MS,
@@ -19,7 +23,9 @@ from common.protocol import (
     FAILURE_POLICY,
     SUPPORTED_VERSIONS,
     VERSION,
+    Message,
     ProtocolError,
+    Reply,
 )
 from nbdplugin.device import Device
 from nbdplugin.gate import FreezeTimeout, WriteGate
@@ -27,9 +33,16 @@ from nbdplugin.session import ACTIVE, FROZEN, OPEN, Session
 from nbdplugin.sidestore import SideStore
 from nbdplugin.slots import SlotPool
 
+if TYPE_CHECKING:  # control.py imports this module
+    from nbdplugin.control import Connection
+
+Ts = TypeVarTuple("Ts")
+
 
 @dataclass
 class Export:
+    """One served export: set at start-up, never changed."""
+
     index: int
     name: str
     device: Device
@@ -41,22 +54,24 @@ def log(message: str) -> None:
 
 
 class Subsystem:
-    def __init__(self, devices: list[Device], chunk_size: int, side_memory: int, side_dir: str, nbd: dict,
-                 spill_keep: int | None = None):
+    def __init__(self, devices: list[Device], chunk_size: int, side_memory: int, side_dir: str,
+                 nbd: dict[str, str | int], spill_keep: int | None = None) -> None:
+        # set at start-up, never changed
         self.nbd = nbd  # where nbdkit serves: {"socket": PATH} or {"port": N}, or {} if not told
-        self.chunk_size = chunk_size  # set at start-up, never changed
+        self.chunk_size = chunk_size
         self.side_memory = side_memory
         self.slots = SlotPool(side_memory, side_dir, chunk_size, spill_keep)  # every session's side store, kept warm
-        self.exports = {}
+        self.exports: dict[str, Export] = {}
         for i, d in enumerate(devices):
             self.exports[d.name] = Export(i, d.name, d, WriteGate(on_expire=self._freeze_expired))
-        self.session: Session | None = None
-        self.last_status: dict | None = None
         self._lock = threading.Lock()
+        # guarded by _lock: replaced under it, read without it (one atomic attribute read)
+        self.session: Session | None = None
+        self.last_status: dict[str, object] | None = None
 
     # --- the I/O path ------------------------------------------------------
 
-    def mutate(self, export: Export, offset: int, length: int, apply, *args) -> None:
+    def mutate(self, export: Export, offset: int, length: int, apply: Callable[[*Ts], object], *args: *Ts) -> None:
         """Run APPLY(*ARGS) (a write, trim or zero of [offset, offset+length)) through the
         gate, after copy-before-write. The one path every mutation takes."""
         gate = export.gate
@@ -75,7 +90,7 @@ class Subsystem:
 
     # --- control requests --------------------------------------------------
 
-    def handle(self, conn, msg: dict) -> dict:
+    def handle(self, conn: Connection, msg: Message) -> Reply:
         """Carry out one validated request from control connection CONN; returns the reply."""
         op = msg["op"]
         if op == "hello":
@@ -87,9 +102,10 @@ class Subsystem:
         if op == "open":
             return self._open(conn, msg)
         session = self._owned(conn)
-        return getattr(self, "_" + op)(session, msg)
+        handler: Callable[[Session, Message], Reply] = getattr(self, "_" + op)
+        return handler(session, msg)
 
-    def _hello(self, conn, msg):
+    def _hello(self, conn: Connection, msg: Message) -> Reply:
         if msg["version"] not in SUPPORTED_VERSIONS:
             raise ProtocolError("bad-version",
                                 f"protocol version {msg['version']} unsupported (this plugin speaks {VERSION})")
@@ -103,7 +119,7 @@ class Subsystem:
             "failure_policy": FAILURE_POLICY,
         }
 
-    def _open(self, conn, msg):
+    def _open(self, conn: Connection, msg: Message) -> Reply:
         names = msg.get("exports") or list(self.exports)
         unknown = [n for n in names if n not in self.exports]
         if unknown or len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
@@ -126,9 +142,9 @@ class Subsystem:
         local = {e.name: {"concordance": s.maps[e.index].shared(), "device": e.device.identity()} for e in exports}
         return {"session": s.sid, "views": {n: f"{n}@{s.sid}" for n in names}, "local": local}
 
-    def _checked_track(self, track: dict, names: list[str]) -> dict:
+    def _checked_track(self, track: dict[str, object], names: list[str]) -> dict[str, list[tuple[int, int]]]:
         """open's "track" field, validated: {export: [(offset, length), ...]} within each export."""
-        checked = {}
+        checked: dict[str, list[tuple[int, int]]] = {}
         for name, ranges in track.items():
             if name not in names:
                 raise ProtocolError("unknown-export", f"track names {name!r}, which is not in the session")
@@ -143,7 +159,7 @@ class Subsystem:
             checked[name] = [tuple(r) for r in ranges]
         return checked
 
-    def _owned(self, conn) -> Session:
+    def _owned(self, conn: Connection) -> Session:
         s = self.session
         if s is None:
             raise ProtocolError("no-session", "no session is open")
@@ -155,14 +171,14 @@ class Subsystem:
                                 s.abort_reason or f"session {s.sid} is {s.phase}")
         return s
 
-    def _freeze(self, s: Session, msg):
+    def _freeze(self, s: Session, msg: Message) -> Reply:
         if s.phase != OPEN:
             raise ProtocolError("wrong-phase", f"freeze needs an open session, this one is {s.phase}")
         deadline_s = msg.get("deadline_ms", DEFAULT_DEADLINE_MS) / 1000
         # No flush while the gates are closed: the views and copy-before-write read through
         # the same page cache the writes went to, so time zero's content does not need to be
-        # on stable storage to be backed up. A flush in the gate cost the applications 9-35 ms
-        # per freeze under 4 writers (bench/core.py); it now runs after thaw (see _thaw).
+        # on stable storage to be backed up, and a flush in the gate would hold every
+        # application write for as long as it takes. It runs after thaw (see _thaw).
         s.flush_at_thaw = msg.get("flush", True)
         frozen = []
         try:
@@ -178,7 +194,7 @@ class Subsystem:
         s.set_phase(FROZEN)
         return {"time_zero": s.time_zero}
 
-    def _thaw(self, s: Session, msg):
+    def _thaw(self, s: Session, msg: Message) -> Reply:
         if s.phase != FROZEN:
             raise ProtocolError("wrong-phase", f"thaw needs a frozen session, this one is {s.phase}")
         # Active before any gate opens: a write the thaw admits must find the session active and
@@ -197,10 +213,10 @@ class Subsystem:
         """Make time zero durable on the source, beside the copy rather than before it.
 
         Every write acknowledged before time zero reached the page cache before the gates
-        closed, so one flush now makes time zero durable without holding any writer. Under
-        writers it took 300-400 ms (bench/writecost.py): in the thaw reply it delayed the
-        start of every copy by that much. A failing flush still aborts the session; close
-        waits for the flush, so no backup completes before time zero is durable."""
+        closed, so one flush after thaw makes time zero durable without holding any writer,
+        and on its own thread it does not hold up the thaw reply, so the copy starts at once.
+        A failing flush aborts the session; close waits for the flush, so no backup completes
+        before time zero is durable."""
         try:
             for e in s.exports:
                 e.device.flush()
@@ -217,7 +233,7 @@ class Subsystem:
             raise ProtocolError("wrong-phase", f"the session is {s.phase}, not active")
         return e
 
-    def _release(self, s: Session, msg):
+    def _release(self, s: Session, msg: Message) -> Reply:
         e = self._export_of(s, msg["export"])
         for r in msg["ranges"]:
             if not (isinstance(r, list) and len(r) == 2 and all(type(x) is int for x in r)):
@@ -228,16 +244,16 @@ class Subsystem:
                 raise ProtocolError("bad-message", str(err)) from None
         return self._pulse(s)
 
-    def _saved(self, s: Session, msg):
+    def _saved(self, s: Session, msg: Message) -> Reply:
         e = self._export_of(s, msg["export"])
         return {"chunks": s.saved_chunks(e, msg.get("limit", DEFAULT_SAVED_LIMIT))}
 
-    def _heartbeat(self, s: Session, msg):
+    def _heartbeat(self, s: Session, msg: Message) -> Reply:
         if "copier" in msg:
             s.copier_stats = msg["copier"]
         return self._pulse(s)
 
-    def _pulse(self, s: Session) -> dict:
+    def _pulse(self, s: Session) -> Reply:
         """What the controller needs on every round trip: is the session alive, is there pressure."""
         if not s.alive:
             raise ProtocolError("aborted", s.abort_reason or s.phase)
@@ -248,7 +264,7 @@ class Subsystem:
             "chunks_cow": s.cow_chunks,
         }
 
-    def _close(self, s: Session, msg):
+    def _close(self, s: Session, msg: Message) -> Reply:
         s.flushed.wait()
         if not s.alive:
             raise ProtocolError("aborted", s.abort_reason or s.phase)
@@ -256,7 +272,7 @@ class Subsystem:
         s.close()
         return {"status": status}
 
-    def _abort(self, s: Session, msg):
+    def _abort(self, s: Session, msg: Message) -> Reply:
         s.abort(msg.get("reason") or "aborted by the controller")
         return {}
 
@@ -271,7 +287,7 @@ class Subsystem:
         else:
             log(f"session {s.sid} closed ({s.cow_chunks} chunks saved by copy-before-write)")
 
-    def connection_closed(self, conn) -> None:
+    def connection_closed(self, conn: Connection) -> None:
         s = self.session
         if s is not None and s.owner is conn and s.alive:
             s.abort("the controller's control connection closed")
@@ -289,7 +305,7 @@ class Subsystem:
         if s is not None and s.alive and time.monotonic() - s.last_seen > s.lease_s:
             s.abort(f"lease expired: no word from the controller for {s.lease_s:g} s")
 
-    def status(self) -> dict:
+    def status(self) -> Reply:
         s = self.session
         return {
             "exports": [{"name": e.name, "size": e.device.size} for e in self.exports.values()],

@@ -5,6 +5,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
+from typing import IO
 
 START_TIMEOUT_S = 60.0
 
@@ -12,7 +14,8 @@ START_TIMEOUT_S = 60.0
 class LocalSubsystem:
     """A storage subsystem served by a `tzero serve` child; stop() ends it."""
 
-    def __init__(self, workdir: str, name: str, exports: dict, *options, log=None):
+    def __init__(self, workdir: str | os.PathLike[str], name: str, exports: Mapping[str, str | os.PathLike[str]],
+                 *options: object, log: IO[str] | None = None):
         self.dir = str(workdir)
         self.control = os.path.join(self.dir, f"{name}.ctl")
         self.socket = os.path.join(self.dir, f"{name}.sock")

@@ -12,17 +12,19 @@ addresses, and the writer puts each block where dm-striped would.
 """
 
 import hashlib
+import os
 import random
 import struct
 import threading
 import time
+from collections.abc import Sequence
 
 import nbd
 
 BLOCK = 4096
 
 
-def make_image(path, size: int, seed: int, zero_every: int = 5) -> bytes:
+def make_image(path: str | os.PathLike[str], size: int, seed: int, zero_every: int = 5) -> bytes:
     """An image of SIZE bytes: random 64 KiB pieces, every ZERO_EVERY-th left as a hole."""
     rnd = random.Random(seed)
     piece = 64 << 10
@@ -52,7 +54,7 @@ class StripedVolume:
     chunk c is on leg c % n at (c // n) * CHUNK. Written apart from controller/backup/layout.py on
     purpose, so the tests check the backup's layout against an independent one."""
 
-    def __init__(self, chunk: int, legs: list, leg_size: int):
+    def __init__(self, chunk: int, legs: list[tuple[str, str]], leg_size: int):
         assert chunk % BLOCK == 0, "a stamped block never straddles two legs"
         self.chunk = chunk
         self.legs = legs
@@ -64,8 +66,11 @@ class StripedVolume:
         return c % len(self.legs), (c // len(self.legs)) * self.chunk + within
 
 
+Target = tuple[str, str] | StripedVolume  # (subsystem socket, export name), or a volume over several
+
+
 class DependentWriter(threading.Thread):
-    def __init__(self, index: int, writers: int, targets: list, sizes: list[int], seed: int):
+    def __init__(self, index: int, writers: int, targets: Sequence[Target], sizes: list[int], seed: int):
         """TARGETS: [(subsystem socket, export name) or StripedVolume], written in a seeded random order."""
         super().__init__(name=f"writer-{index}", daemon=True)
         self.index = index
@@ -79,7 +84,7 @@ class DependentWriter(threading.Thread):
 
     def run(self) -> None:
         rnd = random.Random(self.seed)
-        handles = []  # per target, its handles: one per leg for a volume
+        handles: list[list[nbd.NBD]] = []  # per target, its handles: one per leg for a volume
         try:
             for target in self.targets:
                 legs = target.legs if isinstance(target, StripedVolume) else [target]
@@ -111,8 +116,8 @@ class DependentWriter(threading.Thread):
 
 def prefix_lengths(writer: DependentWriter, initial: list[bytes], restored: list[bytes]) -> list[int]:
     """Every k such that RESTORED equals INITIAL plus the writer's first k writes, on its own blocks."""
-    expected = {}  # (target, offset) -> bytes it should hold for the current k
-    mismatched = set()
+    expected: dict[tuple[int, int], bytes] = {}  # (target, offset) -> bytes it should hold for the current k
+    mismatched: set[tuple[int, int]] = set()
     for t, off, *_ in writer.log:
         key = (t, off)
         if key not in expected:
@@ -131,7 +136,7 @@ def prefix_lengths(writer: DependentWriter, initial: list[bytes], restored: list
     return found
 
 
-def untouched_blocks_equal(writers: list, initial: list[bytes], restored: list[bytes]) -> bool:
+def untouched_blocks_equal(writers: list[DependentWriter], initial: list[bytes], restored: list[bytes]) -> bool:
     """Blocks no writer wrote must be exactly their initial content."""
     written = {(t, off) for w in writers for t, off, *_ in w.log}
     for t, (a, b) in enumerate(zip(initial, restored, strict=False)):
@@ -143,7 +148,7 @@ def untouched_blocks_equal(writers: list, initial: list[bytes], restored: list[b
     return True
 
 
-def time_zero_problems(writers: list, initial: list[bytes], restored: list[bytes],
+def time_zero_problems(writers: list[DependentWriter], initial: list[bytes], restored: list[bytes],
                        time_zero: float) -> tuple[list[str], list[int]]:
     """Check RESTORED against the writers' logs: for each writer, the restore must hold a prefix
     of its writes that contains every write acknowledged before TIME_ZERO (epoch seconds) and

@@ -12,6 +12,7 @@
     scheduler       which view reads next
     records         adjacent pieces joined into records
     reorder         chunks fetched ahead of their turn: bounded memory, then a spill file
-    copier          the stream in order, releases, fetches under side-store pressure
+    pressure        side-store pressure: saved chunks fetched ahead of their turn, released
+    copier          the stream in order, from the reads and the reorder buffer; releases
     output          where the stream goes: FILE.partial renamed when complete, or stdout
 """

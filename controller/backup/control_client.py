@@ -12,12 +12,17 @@ instant.
 import json
 import socket
 import threading
+from typing import Any
 
 from common.protocol import MAX_LINE, VERSION, encode
 from controller.errors import EXIT_FAILURE, SubsystemError
 
 CONNECT_TIMEOUT_S = 5.0
 REPLY_TIMEOUT_S = 60.0
+
+# A JSON object as decoded: a reply, or an object in one. Which fields a reply carries depends
+# on its op (docs/control-protocol.md); a caller reads the ones its op answers with.
+JsonObject = dict[str, Any]
 
 
 # Error replies that say the moment was wrong, not the request: a later try may succeed.
@@ -27,9 +32,9 @@ TRANSIENT = {"busy", "aborted", "freeze-failed", "no-session", "not-owner", "wro
 class RequestFailed(SubsystemError):
     """the subsystem answered with an error"""
 
-    def __init__(self, where: str, reply: dict):
+    def __init__(self, where: str, reply: JsonObject):
         super().__init__(f"{where}: {reply.get('message') or reply.get('error')}")
-        self.code = reply.get("error")
+        self.code: str | None = reply.get("error")
         if self.code not in TRANSIENT:
             self.exit_code = EXIT_FAILURE
 
@@ -45,11 +50,13 @@ class Call:
     """
 
     def __init__(self, client: "ControlClient", op: str):
+        # Set at start, never changed.
         self._client = client
         self.op = op
+        # The thread that sent it only (it holds the client's lock until the call ends).
         self._ended = False
 
-    def reply(self) -> dict:
+    def reply(self) -> JsonObject:
         """Read and return the reply; RequestFailed if it is an error reply."""
         assert not self._ended, "a call is answered once"
         client = self._client
@@ -93,6 +100,9 @@ class ControlClient:
     reply are one unit); `_broken` says why the connection was given up, once it was."""
 
     def __init__(self, path: str):
+        # Set at start, never changed: path, _lock, the socket objects, info (the hello reply).
+        # Guarded by _lock (held by the one Call in flight): the bytes through _sock and _reader,
+        # and _broken.
         self.path = path
         self._lock = threading.Lock()
         self._broken: str | None = None
@@ -107,7 +117,7 @@ class ControlClient:
         self._reader = self._sock.makefile("rb")
         self.info = self.request("hello", version=VERSION)
 
-    def send(self, op: str, **fields) -> Call:
+    def send(self, op: str, **fields: object) -> Call:
         """Put a request on the wire and return its Call; the caller ends it with reply() or
         cancel() (a `finally: call.cancel()` is always safe). This split lets a request go
         to every subsystem before any reply is awaited."""
@@ -124,7 +134,7 @@ class ControlClient:
             raise
         return call
 
-    def request(self, op: str, **fields) -> dict:
+    def request(self, op: str, **fields: object) -> JsonObject:
         call = self.send(op, **fields)
         try:
             return call.reply()

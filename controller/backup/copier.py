@@ -9,7 +9,7 @@ early.
 
 Opportunistic copy: when a subsystem reports side-store pressure, its saved
 chunks are fetched at once, released, and their pieces parked in the reorder
-buffer (memory, then its spill file) until their turn.
+buffer (memory, then its spill file) until their turn (pressure.py).
 
 Release: a concordance chunk is released once the ledger says every byte the
 backup needs from it is in controller memory (a completed read, the reorder
@@ -25,19 +25,25 @@ index (32 bytes per record) come on top, as fixed overhead.
 
 import time
 from collections import deque
+from collections.abc import Callable
 from itertools import islice
+from typing import TypedDict
 
 import nbd
 
+from backupformat import StreamWriter
+from common.fileio import Buffer
 from common.protocol import ranges_of
-from controller.backup.layout import pieces, pieces_at
+from controller.backup.group import ConsistencyGroup, Member
+from controller.backup.layout import Piece, pieces
 from controller.backup.ledger import Ledger
 from controller.backup.local_read import LocalRead
-from controller.backup.plan import recheck_partitions
+from controller.backup.plan import Plan, recheck_partitions
+from controller.backup.pressure import PressureRelief
 from controller.backup.records import RecordAssembler
 from controller.backup.reorder import ReorderBuffer
 from controller.backup.scheduler import Scheduler, key
-from controller.backup.view_reader import CONNECTIONS_PER_VIEW, BufferPool, ViewReader, wait
+from controller.backup.view_reader import CONNECTIONS_PER_VIEW, BufferPool, Read, ViewReader, wait
 from controller.errors import SessionAborted, UsageError
 from controller.nbd.connect import connect
 
@@ -45,12 +51,24 @@ REQUEST_BYTES = 1 << 20
 RECORD_BYTES = 1 << 20
 RELEASE_BATCH_BYTES = 16 << 20
 # While no subsystem holds a saved chunk nobody is writing to what was read, and a release
-# only spares later writes a needless save: release less often (each is a control round
-# trip, 64 of them per GiB measured 6% of the copier's time on an idle export).
+# only spares later writes a needless save: release less often, since each release is a
+# control round trip the copy loop waits for.
 QUIET_RELEASE_BATCH_BYTES = 128 << 20
-OPPORTUNISTIC_LIMIT_BYTES = 32 << 20
 PUBLISH_INTERVAL_S = 0.1  # how stale the counters the heartbeat sends may be
-_ZEROS = memoryview(bytes(16 << 20))  # the largest concordance chunk
+
+
+class CopierStats(TypedDict):
+    """The copier's counters, in the backup summary and sent with every heartbeat (docs/datasets.md)."""
+
+    chunks_in_order: int
+    chunks_ahead: int
+    chunks_opportunistic: int
+    chunks_zero: int
+    bytes_read: int
+    spilled_bytes: int
+    peak_host_buffer_bytes: int
+    read_path: dict[str, str]  # export -> "local", or "nbd (why not local)"
+    local_refetched_bytes: int
 
 
 def pool_shape(read_budget: int, chunk_size: int, exports: int) -> tuple[int, int]:
@@ -68,36 +86,45 @@ def pool_shape(read_budget: int, chunk_size: int, exports: int) -> tuple[int, in
     return request, read_budget // request
 
 
-class Copier:
-    def __init__(self, group, plan, writer, chunk_size: int, host_memory: int,
-                 spill_dir: str | None = None, progress=None, local: bool = True):
+class Copier(PressureRelief):
+    """One backup's copy: run() once, in the copy loop's thread (the main thread). The copy
+    loop alone touches its state, but for `published` (read by the heartbeat thread)."""
+
+    def __init__(self, group: ConsistencyGroup, plan: Plan, writer: StreamWriter, chunk_size: int,
+                 host_memory: int, spill_dir: str | None = None, progress: Callable[[int], None] | None = None,
+                 local: bool = True):
+        # Set at start, never changed.
         self.group = group
-        self.local = local  # read views straight from the device where possible (local_read.py)
         self.plan = plan
         self.writer = writer
         self.chunk = chunk_size
+        self.local = local  # read views straight from the device where possible (local_read.py)
+        self.progress = progress or (lambda done: None)
+        # Copy loop only. Of these, request_bytes never changes, and readers and scheduler are
+        # set once, by run(), when the views are open.
         self.ledger = Ledger(chunk_size, plan.claims())
         read_budget = host_memory // 2
         self.request_bytes, count = pool_shape(read_budget, chunk_size, len(self.ledger.exports))
         self.pool = BufferPool(self.request_bytes, count)
         self.buffer = ReorderBuffer(host_memory - read_budget, spill_dir)
         self.records = RecordAssembler(writer, RECORD_BYTES)
-        self.progress = progress or (lambda done: None)
         self.readers: dict[str, ViewReader] = {}
-        self.scheduler: Scheduler | None = None
-        self.stats = {"chunks_in_order": 0, "chunks_ahead": 0, "chunks_opportunistic": 0,
-                      "chunks_zero": 0, "bytes_read": 0, "spilled_bytes": 0, "peak_host_buffer_bytes": 0,
-                      "read_path": {}, "local_refetched_bytes": 0}  # the copy loop's own: written by it alone
-        # What other threads (the heartbeat) may read: a copy of `stats`, replaced whole (an atomic
-        # reference swap) by the copy loop now and then, never changed once published.
-        self.published: dict = self._snapshot()
-        self._published_at = 0.0
-        self._head = None  # the piece the stream waits for
+        self.scheduler: Scheduler
+        self._head: Piece | None = None  # the piece the stream waits for
         self._unreleased: dict[str, list[int]] = {}
         self._unreleased_count = 0
         self._done_bytes = 0
+        # Statistics: the copy loop's own, written by it alone.
+        self.stats: CopierStats = {
+            "chunks_in_order": 0, "chunks_ahead": 0, "chunks_opportunistic": 0, "chunks_zero": 0,
+            "bytes_read": 0, "spilled_bytes": 0, "peak_host_buffer_bytes": 0, "read_path": {},
+            "local_refetched_bytes": 0}
+        # Copy loop writes, heartbeat thread reads (atomic attribute): a copy of `stats`, replaced
+        # whole (a reference swap) now and then, never changed once published.
+        self.published: CopierStats = self._snapshot()
+        self._published_at = 0.0  # copy loop only
 
-    def run(self) -> dict:
+    def run(self) -> CopierStats:
         """Copy everything; returns the counters. SessionAborted if a view read fails."""
         try:
             for export, m in self.plan.owner.items():
@@ -124,12 +151,12 @@ class Copier:
         self.published = self._snapshot()
         return self.stats
 
-    def _snapshot(self) -> dict:
+    def _snapshot(self) -> CopierStats:
         return {**self.stats, "read_path": dict(self.stats["read_path"])}
 
-    def _open_view(self, export: str, member) -> ViewReader:
+    def _open_view(self, export: str, member: Member) -> ViewReader:
         size = next(e["size"] for e in member.exports if e["name"] == export)
-        handles = []
+        handles: list[nbd.NBD] = []
         try:
             for _ in range(CONNECTIONS_PER_VIEW):
                 h = connect(member.nbd, member.views[export])
@@ -147,7 +174,7 @@ class Copier:
         self.stats["read_path"][export] = "local" if local else f"nbd ({why})"
         return ViewReader(export, handles, pieces(self.plan.datasets, self.chunk, export), local)
 
-    def _taken(self, p) -> bool:
+    def _taken(self, p: Piece) -> bool:
         """True for a piece that needs no read: already written (before the head), or fetched early."""
         if self._head is None:
             return True
@@ -173,28 +200,18 @@ class Copier:
                 assert key(skipped[0]) == key(last), "a run emitted from one read is the stream's next pieces"
         self._head = None
 
-    def _emit_from_read(self, head, reader: ViewReader):
+    def _emit_from_read(self, head: Piece, reader: ViewReader) -> tuple[Piece, int]:
         """Emit HEAD and whatever follows it in the stream from the same read; returns the last
         piece emitted and how many were emitted after HEAD (the caller skips that many)."""
-        read = reader.queue[0] if reader.queue else None
-        if read is None or not read.done:
-            # Reads are issued only here and when a buffer comes back: while the head's read
-            # is done and held, nothing has changed that could let fill() issue another.
-            self.scheduler.fill(head, self._taken)
-            self._note_peak()
-            read = reader.queue[0]
-            while not read.done:
-                self._pump()
-                self.scheduler.fill(head, self._taken)
-                self._note_peak()
+        read = self._done_read(head, reader)
         assert key(read.pieces[0]) == key(head), "an export's reads hold its pieces in stream order"
         # The head and the pieces after it in the same read that are also next in the stream
         # (the same dataset, logically adjacent: nothing can come between them) go out now.
         piece, more = head, 0
-        run = None  # the first of the non-zero pieces not added to the record yet
+        run: Piece | None = None  # the first of the non-zero pieces not added to the record yet
         while True:
             read.pieces.popleft()
-            if read.buf.is_zero(piece.physical - read.physical, piece.length):
+            if read.is_zero(piece.physical - read.physical, piece.length):
                 self._emit_run(read, run, piece.physical)
                 run = None
                 self._emit(piece, None)
@@ -219,6 +236,21 @@ class Copier:
             self._note_peak()
         return piece, more
 
+    def _done_read(self, head: Piece, reader: ViewReader) -> Read:
+        """READER's first read, which holds HEAD, once it is done: issued and waited for as need be."""
+        read = reader.queue[0] if reader.queue else None
+        if read is None or not read.done:
+            # Reads are issued only here and when a buffer comes back: while the head's read
+            # is done and held, nothing has changed that could let fill() issue another.
+            self.scheduler.fill(head, self._taken)
+            self._note_peak()
+            read = reader.queue[0]
+            while not read.done:
+                self._pump()
+                self.scheduler.fill(head, self._taken)
+                self._note_peak()
+        return read
+
     def _pump(self) -> None:
         """Wait for some reads to complete and take note of them: their bytes are in memory."""
         for r, completed in wait(list(self.readers.values())):
@@ -228,17 +260,17 @@ class Copier:
                 # A read covers physically contiguous pieces: settle them as one range.
                 self._settled(r.export, self.ledger.settle(r.export, completed.physical, completed.length))
 
-    def _emit_run(self, read, first, end) -> None:
+    def _emit_run(self, read: Read, first: Piece | None, end: int) -> None:
         """Add READ's bytes from piece FIRST (None: nothing to add) up to physical offset END as one
         run: the pieces in it are adjacent in the stream and none is all zero."""
         if first is None:
             return
         lo, n = first.physical - read.physical, end - first.physical
-        self.records.add(first.dataset, first.logical, memoryview(read.data)[lo:lo + n], read, lo)
+        self.records.add(first.dataset, first.logical, read.bytes_at(lo, n), read, lo)
         self._done_bytes += n
         self.progress(self._done_bytes)
 
-    def _emit(self, piece, data, source=None, at=0) -> None:
+    def _emit(self, piece: Piece, data: Buffer | None, source: Read | None = None, at: int = 0) -> None:
         """Add PIECE's DATA (None when all zero) to the stream; SOURCE/AT: see RecordAssembler.add."""
         if data is None:
             self.records.flush()
@@ -247,81 +279,6 @@ class Copier:
             self.records.add(piece.dataset, piece.logical, data, source, at)
         self._done_bytes += piece.length
         self.progress(self._done_bytes)
-
-    # --- pressure: fetch saved chunks early ------------------------------------
-
-    def _relieve_pressure(self) -> None:
-        """Fetch the saved chunks of every subsystem under pressure, ahead of order, and release them."""
-        limit = max(1, OPPORTUNISTIC_LIMIT_BYTES // self.chunk)
-        for member in {id(m): m for m in self.plan.owner.values()}.values():
-            if not member.pressure:
-                continue
-            member.pressure = False  # until the next heartbeat or release reply says otherwise
-            for export, reader in self.readers.items():
-                if self.plan.owner[export] is member:
-                    self._fetch_saved(reader, self.group.saved(member, export, limit))
-
-    def _fetch_saved(self, reader: ViewReader, chunks: list[int]) -> None:
-        """Read the not yet issued pieces of saved CHUNKS (sorted) into the reorder buffer, in runs
-        of adjacent chunks of up to one request, and release what they free."""
-        reader.skip(self._taken)
-        first = reader.next_piece
-        if first is None:
-            return
-        runs, run, last = [], [], None
-        for c in chunks:
-            wanted = [p for p in pieces_at(self.plan.datasets, reader.export, c * self.chunk, self.chunk)
-                      if key(p) >= key(first) and key(p) not in self.buffer]
-            if not wanted:
-                continue
-            if run and (c != last + 1 or (c - run[0].physical // self.chunk + 1) * self.chunk > self.request_bytes):
-                runs.append(run)
-                run = []
-            run += wanted
-            last = c
-        if run:
-            runs.append(run)
-        self._fetch_runs(reader, runs)
-        self._release_all()
-
-    def _fetch_runs(self, reader: ViewReader, runs: list) -> None:
-        """Fetch RUNS (lists of pieces, each within one request) concurrently, over every connection
-        of READER, into pool buffers the scheduler can spare (it keeps one for every idle export and
-        one more, scheduler.py); with none to spare and none of ours in flight, synchronously."""
-        todo = deque(runs)
-        while todo or reader.aside:
-            while todo and self.pool.free - 1 > self.scheduler.idle_exports():
-                wanted = todo.popleft()
-                lo = min(p.physical for p in wanted)
-                reader.issue_aside(wanted, lo, max(p.physical + p.length for p in wanted) - lo, self.pool)
-                self._note_peak()
-            if reader.aside:
-                self._pump()
-            elif todo:
-                self._fetch_run(reader, todo.popleft())
-
-    def _park(self, reader: ViewReader, read) -> None:
-        """READ, fetched aside, completed: its pieces go to the reorder buffer, its buffer back."""
-        for p in read.pieces:
-            lo = p.physical - read.physical
-            zero = read.buf.is_zero(lo, p.length)
-            self.buffer.put(key(p), None if zero else memoryview(read.data)[lo:lo + p.length])
-            self.stats["chunks_opportunistic"] += 1
-            self._settled(reader.export, self.ledger.settle(reader.export, p.physical, p.length))
-        self.stats["bytes_read"] += read.length
-        self.scheduler.taken(read)
-        self._note_peak()
-
-    def _fetch_run(self, reader: ViewReader, wanted: list) -> None:
-        lo = min(p.physical for p in wanted)
-        data = memoryview(reader.pread(max(p.physical + p.length for p in wanted) - lo, lo))
-        self.stats["bytes_read"] += len(data)
-        for p in wanted:
-            part = data[p.physical - lo:p.physical - lo + p.length]
-            self.buffer.put(key(p), None if part == _ZEROS[:p.length] else part)
-            self.stats["chunks_opportunistic"] += 1
-            self._settled(reader.export, self.ledger.settle(reader.export, p.physical, p.length))
-        self._note_peak()
 
     # --- release ----------------------------------------------------------------
 

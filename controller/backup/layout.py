@@ -94,12 +94,15 @@ class Striped:
         return found
 
 
+Layout = Linear | Striped
+
+
 class Dataset(NamedTuple):
     """One dataset of the backup: its stream name, the spec it came from, its layout."""
 
     name: str
     spec: str
-    layout: object  # Linear or Striped
+    layout: Layout
 
     @property
     def size(self) -> int:

@@ -19,7 +19,7 @@ class Ledger:
         """CLAIMS: export -> (offset, length) ranges the backup will read, each once per claim."""
         self.grid = grid  # the concordance chunk size, set at planning
         self._base: dict[str, int] = {}
-        self._owed: dict[str, array] = {}
+        self._owed: dict[str, array[int]] = {}
         for export, ranges in claims.items():
             if not ranges:
                 continue

@@ -4,9 +4,8 @@ of the subsystem that serves it.
 Why: over NBD every byte backed up is copied three times on its way to the controller
 (the plugin's pread into nbdkit's buffer, nbdkit's send into the socket, our receive
 out of it) and passes through the plugin's Python; read here it is copied once, by one
-preadv into the controller's buffer. On these 2-core hosts a 1 GiB export read and
-hashed that way ran at about 7 GB/s, where nbdcopy reading it through NBD made
-1.1-1.8 GB/s; and the plugin's workers stay free for the applications' writes.
+preadv into the controller's buffer, and the plugin's workers stay free for the
+applications' writes.
 
 Why it is exact. The plugin keeps its concordance in a shared mapping that we map
 read-only (chunkmap.py). For every chunk c it holds that:
@@ -33,6 +32,7 @@ import errno
 import mmap
 import os
 import platform
+from typing import TypedDict
 
 import nbd
 
@@ -42,18 +42,45 @@ from common.fileio import read_fully
 ARCHES = ("x86_64", "amd64")
 
 
+class DeviceIdentity(TypedDict):
+    """The device or file the plugin serves, as fstat sees it there."""
+
+    path: str
+    dev: int
+    ino: int
+    rdev: int
+
+
+class SharedConcordance(TypedDict):
+    """Where the session's concordance maps, and its shape."""
+
+    path: str
+    header: int
+    chunk_size: int
+    chunks: int
+
+
+class LocalInfo(TypedDict):
+    """What `open` says of one export for reading it on this host (docs/control-protocol.md)."""
+
+    device: DeviceIdentity
+    concordance: SharedConcordance
+
+
 class LocalRead:
     """One export's device, opened here, and its session's concordance, mapped read-only."""
 
     def __init__(self, fd: int, shared: mmap.mmap, chunk_size: int, export: str):
-        self._fd = fd  # set at open, never changed
+        # Set at open, never changed.
+        self._fd = fd
         self._shared = shared
         self._chunk = chunk_size
         self.export = export
+        # Statistics (copy loop only).
         self.fixed_bytes = 0  # bytes read again through the view because their chunk had changed state
 
     @classmethod
-    def open(cls, export: str, info: dict | None, size: int) -> tuple["LocalRead | None", str]:
+    def open(cls, export: str, info: LocalInfo | None, size: int) -> tuple["LocalRead | None", str]:
         """(LocalRead, "") when EXPORT can be read here, else (None, why not)."""
         if not info:
             return None, "the subsystem offers no local reads"
@@ -79,7 +106,7 @@ class LocalRead:
             return None, getattr(e, "strerror", None) or str(e)
         return cls(fd, shared, conc["chunk_size"], export), ""
 
-    def read(self, view, offset: int) -> list[tuple[int, int]]:
+    def read(self, view: memoryview, offset: int) -> list[tuple[int, int]]:
         """Fill VIEW with the device's bytes at OFFSET; returns the (offset, length) runs, within
         it, of chunks that were not PENDING once read (to be read again through the view).
         nbd.Error (EIO) if the session stopped saving chunks meanwhile."""
@@ -93,7 +120,8 @@ class LocalRead:
             raise nbd.Error(f"{self.export}: the session ended while its view was being read", errno.EIO)
         if states.count(PENDING) == len(states):
             return []
-        runs, end = [], offset + len(view)
+        runs: list[tuple[int, int]] = []
+        end = offset + len(view)
         for i, state in enumerate(states):
             if state == PENDING:
                 continue

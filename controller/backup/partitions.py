@@ -13,6 +13,7 @@ partition i+1; MBR logical partitions are numbered from 5 in chain order.
 
 import struct
 import zlib
+from collections.abc import Callable
 
 MBR_SIGNATURE = b"\x55\xaa"
 GPT_SIGNATURE = b"EFI PART"
@@ -28,7 +29,7 @@ class PartitionError(Exception):
 class TableReader:
     """Wraps READ(offset, length) -> bytes and records the ranges read."""
 
-    def __init__(self, read, size: int):
+    def __init__(self, read: Callable[[int, int], bytes], size: int):
         self._read = read
         self.size = size
         self.ranges: list[tuple[int, int]] = []
@@ -79,7 +80,7 @@ def _gpt_partition(reader: TableReader, number: int) -> tuple[int, int]:
     return first * sector, (last - first + 1) * sector
 
 
-def _mbr_partition(reader: TableReader, entries, number: int) -> tuple[int, int]:
+def _mbr_partition(reader: TableReader, entries: list[tuple[int, ...]], number: int) -> tuple[int, int]:
     if number <= 4:
         _, kind, start, sectors = entries[number - 1]
         if kind == 0 or sectors == 0:

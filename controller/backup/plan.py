@@ -14,13 +14,16 @@ partition moved in between (`recheck_partitions`): the backup then holds
 exactly the partition as it was at time zero, or nothing.
 """
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import nbd
 
 from controller.backup.dataspec import DatasetSpec
-from controller.backup.layout import Dataset, Linear, Striped, overlaps
+from controller.backup.group import Member, Tracks
+from controller.backup.layout import Dataset, Layout, Linear, Striped, overlaps
 from controller.backup.partitions import PartitionError, TableReader, find_partition
+from controller.backup.view_reader import ViewReader
 from controller.errors import SessionAborted, UsageError
 from controller.nbd.connect import connect
 
@@ -32,14 +35,14 @@ class PartitionCheck:
     number: int
     start: int
     length: int
-    table: list = field(default_factory=list)  # (offset, length) ranges the table occupies
+    table: list[tuple[int, int]] = field(default_factory=list)  # (offset, length) ranges the table occupies
 
 
 @dataclass
 class Plan:
-    datasets: list  # of layout.Dataset, in stream order
-    owner: dict  # export name -> session.Member serving it
-    checks: list  # of PartitionCheck
+    datasets: list[Dataset]  # in stream order
+    owner: dict[str, Member]  # export name -> the member serving it
+    checks: list[PartitionCheck]
 
     def claims(self) -> dict[str, list[tuple[int, int]]]:
         """export -> the byte ranges the copier will take: every dataset extent, every table."""
@@ -51,9 +54,9 @@ class Plan:
             claims.setdefault(c.export, []).extend(c.table)
         return claims
 
-    def tracks(self) -> dict[str, dict]:
+    def tracks(self) -> Tracks:
         """Control path -> {export: [[offset, length], ...]} (merged), for each member's open."""
-        out: dict[str, dict] = {}
+        out: Tracks = {}
         for export, ranges in self.claims().items():
             out.setdefault(self.owner[export].where, {})[export] = _merged(ranges)
         return out
@@ -69,18 +72,19 @@ def _merged(ranges: list[tuple[int, int]]) -> list[list[int]]:
     return out
 
 
-def make_plan(specs: list[DatasetSpec], members: list) -> Plan:
+def make_plan(specs: list[DatasetSpec], members: list[Member]) -> Plan:
     """Resolve SPECS (none: every export whole, in subsystem order) against MEMBERS' exports."""
     owner = {e["name"]: m for m in members for e in m.exports}
     sizes = {e["name"]: e["size"] for m in members for e in m.exports}
     if not specs:
-        datasets = [Dataset(name, name, Linear([(name, 0, size)])) for name, size in sizes.items()]
-        return Plan(datasets, owner, [])
+        whole = [Dataset(name, name, Linear([(name, 0, size)])) for name, size in sizes.items()]
+        return Plan(whole, owner, [])
     names = [s.name for s in specs]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise UsageError(f"dataset name {twice[0]!r} is given twice")
-    datasets, checks = [], []
+    datasets: list[Dataset] = []
+    checks: list[PartitionCheck] = []
     for spec in specs:
         unknown = [e for e in spec.exports if e not in sizes]
         if unknown:
@@ -96,7 +100,7 @@ def make_plan(specs: list[DatasetSpec], members: list) -> Plan:
     return Plan(datasets, owner, checks)
 
 
-def _layout(spec: DatasetSpec, sizes: dict, owner: dict):
+def _layout(spec: DatasetSpec, sizes: dict[str, int], owner: dict[str, Member]) -> tuple[Layout, PartitionCheck | None]:
     export = spec.exports[0]
     if spec.kind == "export":
         return Linear([(export, 0, sizes[export])]), None
@@ -117,7 +121,7 @@ def _layout(spec: DatasetSpec, sizes: dict, owner: dict):
     return Linear([(export, start, length)]), PartitionCheck(spec.name, export, spec.partition, start, length, table)
 
 
-def _read_partition(spec: DatasetSpec, member, size: int):
+def _read_partition(spec: DatasetSpec, member: Member, size: int) -> tuple[int, int, list[tuple[int, int]]]:
     export = spec.exports[0]
     try:
         h = connect(member.nbd, export)
@@ -137,11 +141,12 @@ def _read_partition(spec: DatasetSpec, member, size: int):
     return start, length, reader.ranges
 
 
-def recheck_partitions(checks: list, readers: dict) -> None:
+def recheck_partitions(checks: list[PartitionCheck], readers: Mapping[str, ViewReader]) -> None:
     """Read every partition table again from the time-zero views (READERS: export -> ViewReader);
     SessionAborted if a partition is not where the plan put it."""
     for c in checks:
-        table = TableReader(lambda off, n, r=readers[c.export]: r.pread(n, off), 1 << 63)
+        table = TableReader(_read_function(readers[c.export]), 1 << 63)
+        found: tuple[int, int] | str
         try:
             found = find_partition(table, c.number)
         except (PartitionError, nbd.Error) as e:
@@ -150,3 +155,8 @@ def recheck_partitions(checks: list, readers: dict) -> None:
             raise SessionAborted(f"dataset {c.dataset!r}: the partition table of {c.export!r} changed before "
                                  f"time zero (p{c.number} was at {c.start}+{c.length}, is {found}); "
                                  "run the backup again")
+
+
+def _read_function(reader: ViewReader) -> Callable[[int, int], bytes]:
+    """READER's synchronous read as TableReader calls it: (offset, length)."""
+    return lambda off, n: reader.pread(n, off)

@@ -8,17 +8,23 @@ bytearray. A borrowed run must be given up before its read buffer goes back to
 the pool: `release(source)` copies it first.
 """
 
+from backupformat import StreamWriter
+from common.fileio import Buffer
+from controller.backup.view_reader import Read
+
 
 class RecordAssembler:
-    def __init__(self, writer, limit: int):
-        self.writer = writer  # stream.StreamWriter
+    def __init__(self, writer: StreamWriter, limit: int):
+        # Set at start, never changed.
+        self.writer = writer
         self.limit = limit
+        # The record being gathered; copy loop only.
         self._ds = self._start = self._length = 0
-        self._data = None  # the record so far: a borrowed memoryview, bytes, or an owned bytearray
-        self._source = None  # the read whose buffer _data borrows, or None
+        self._data: Buffer | None = None  # the record so far: a borrowed memoryview, bytes, or an owned bytearray
+        self._source: Read | None = None  # the read whose buffer _data borrows, or None
         self._at = 0  # where in that buffer the borrowed run starts
 
-    def add(self, dataset: int, logical: int, data, source=None, at: int = 0) -> None:
+    def add(self, dataset: int, logical: int, data: Buffer, source: Read | None = None, at: int = 0) -> None:
         """Append DATA (LOGICAL bytes of DATASET). With SOURCE, DATA is SOURCE.data[at:at+len(DATA)]
         and is borrowed until release(SOURCE) or the next flush."""
         n = len(data)
@@ -29,16 +35,17 @@ class RecordAssembler:
             self._ds, self._start, self._length = dataset, logical, n
             self._data, self._source, self._at = data, source, at
         elif source is not None and source is self._source and at == self._at + self._length:
+            assert source.data is not None, "a run is borrowed only from a read that holds its buffer"
             self._length += n
             self._data = memoryview(source.data)[self._at:self._at + self._length]
         else:
-            self._own()
-            self._data += data
+            owned = self._own()
+            owned += data
             self._length += n
         if self._length >= self.limit:
             self.flush()  # now, while a borrowed run can still be written without a copy
 
-    def release(self, source) -> None:
+    def release(self, source: Read) -> None:
         """SOURCE's buffer is about to be reused: stop borrowing from it."""
         if self._length and self._source is source:
             self._own()
@@ -46,11 +53,15 @@ class RecordAssembler:
     def flush(self) -> None:
         """Write the record gathered so far, if any."""
         if self._length:
+            assert self._data is not None, "a record being gathered holds its bytes"
             self.writer.write(self._ds, self._start, self._data)
             self._length = 0
             self._data = self._source = None
 
-    def _own(self) -> None:
+    def _own(self) -> bytearray:
+        """The record so far as a bytearray of our own (copied from what it borrowed, once)."""
         if not isinstance(self._data, bytearray):
+            assert self._data is not None, "only a record being gathered is owned"
             self._data = bytearray(self._data)
             self._source = None
+        return self._data

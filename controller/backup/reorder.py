@@ -11,30 +11,35 @@ the copier's loop touches it.
 
 import os
 
-from common.fileio import read_fully, unlinked_scratch_file, write_all
+from common.fileio import Buffer, read_fully, unlinked_scratch_file, write_all
 from controller.errors import os_error
+
+Key = tuple[int, int]  # a piece's place in the stream: scheduler.key
 
 
 class ReorderBuffer:
     def __init__(self, memory_limit: int, spill_dir: str | None = None):
+        # Set at start, never changed.
         self.memory_limit = memory_limit
         self.spill_dir = spill_dir
-        self._memory: dict = {}
-        self._spilled: dict = {}  # key -> (file offset, length)
-        self._zero: set = set()
+        # Copy loop only.
+        self._memory: dict[Key, bytes] = {}
+        self._spilled: dict[Key, tuple[int, int]] = {}  # key -> (file offset, length)
+        self._zero: set[Key] = set()
         self._spill_fd: int | None = None
         self._spill_end = 0
         self.memory_bytes = 0
+        # Statistics.
         self.peak_memory_bytes = 0
         self.spilled_bytes = 0  # total ever written to the spill file
 
-    def __contains__(self, key) -> bool:
+    def __contains__(self, key: Key) -> bool:
         return key in self._memory or key in self._spilled or key in self._zero
 
     def __len__(self) -> int:
         return len(self._memory) + len(self._spilled) + len(self._zero)
 
-    def put(self, key, data) -> None:
+    def put(self, key: Key, data: Buffer | None) -> None:
         """Keep DATA (bytes-like, or None for all zero) for KEY until take(KEY)."""
         assert key not in self, "a chunk is fetched ahead once"
         if data is None:
@@ -46,7 +51,7 @@ class ReorderBuffer:
         else:
             self._spill(key, data)
 
-    def _spill(self, key, data) -> None:
+    def _spill(self, key: Key, data: Buffer) -> None:
         where = f"the reorder spill file in {self.spill_dir or 'the temp directory'}"
         view = memoryview(data)
         try:
@@ -59,7 +64,7 @@ class ReorderBuffer:
         self._spill_end += len(view)
         self.spilled_bytes += len(view)
 
-    def take(self, key):
+    def take(self, key: Key) -> bytes | bytearray | None:
         """Remove and return KEY's data (None when all zero). KeyError if absent."""
         if key in self._zero:
             self._zero.remove(key)
@@ -69,9 +74,10 @@ class ReorderBuffer:
             self.memory_bytes -= len(data)
             return data
         offset, length = self._spilled.pop(key)
-        data = bytearray(length)
-        read_fully(self._spill_fd, data, offset, "the reorder spill file")
-        return data
+        assert self._spill_fd is not None, "a spilled chunk is in the spill file"
+        spilled = bytearray(length)
+        read_fully(self._spill_fd, spilled, offset, "the reorder spill file")
+        return spilled
 
     def close(self) -> None:
         self._memory.clear()

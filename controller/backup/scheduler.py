@@ -7,7 +7,7 @@ comes first in the stream goes first: the bytes needed soonest are asked for
 soonest, and an export whose dataset comes later (on another subsystem) fills
 the time the current one leaves idle.
 
-Memory: every read holds one buffer of the pool (reader.BufferPool) from issue
+Memory: every read holds one buffer of the pool (view_reader.BufferPool) from issue
 until the copier has taken all its pieces (in flight, or completed and waiting
 for its turn). The head (the piece the stream waits for) may lie on any export
 whose reads are all taken; in a stripe the head visits every leg in turn while
@@ -22,17 +22,22 @@ spill file is for chunks that side-store pressure forces out early (copier.py),
 never for speculation.
 """
 
+from controller.backup.layout import Piece
+from controller.backup.view_reader import BufferPool, Read, Taken, ViewReader
 
-def key(piece) -> tuple[int, int]:
+
+def key(piece: Piece) -> tuple[int, int]:
     """Stream order: dataset, then logical offset."""
     return piece.dataset, piece.logical
 
 
 class Scheduler:
-    def __init__(self, readers: list, pool):
+    def __init__(self, readers: list[ViewReader], pool: BufferPool):
+        # Set at start, never changed.
         self._count = pool.free  # the pool is full when the copy starts
-        self.readers = readers  # the ViewReaders, set at start, never changed
-        self.pool = pool  # reader.BufferPool: its size is the request size, its count the budget
+        self.readers = readers
+        self.pool = pool  # its size is the request size, its count the budget
+        # Statistics (copy loop only, like everything here).
         self.peak_held = 0  # most buffers in use at once, in bytes
 
     @property
@@ -40,7 +45,7 @@ class Scheduler:
         """Bytes of read buffers in use."""
         return (self._count - self.pool.free) * self.pool.size
 
-    def fill(self, head, taken) -> None:
+    def fill(self, head: Piece | None, taken: Taken) -> None:
         """Issue reads until no reader may take one. HEAD: the piece the stream waits for
         (None at the end); TAKEN(piece): true for pieces that need no read any more."""
         while self.pool.free:
@@ -65,11 +70,12 @@ class Scheduler:
         """Exports with pieces left and no read outstanding: each may need a buffer for its head."""
         return sum(1 for r in self.readers if not r.queue and r.next_piece is not None)
 
-    def _idle_besides(self, reader) -> int:
+    def _idle_besides(self, reader: ViewReader) -> int:
         """Exports other than READER with pieces left and no read outstanding: each may need a buffer."""
         return sum(1 for r in self.readers if r is not reader and not r.queue and r.next_piece is not None)
 
-    def taken(self, read) -> None:
+    def taken(self, read: Read) -> None:
         """The copier took every piece of READ: its buffer goes back to the pool."""
+        assert read.data is not None, "a read's buffer goes back to the pool once"
         self.pool.give(read.data)
         read.data = read.buf = None

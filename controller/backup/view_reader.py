@@ -19,19 +19,22 @@ of its pieces; `pieces` are consumed from the front, in the export's stream orde
 
 import select
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import nbd
 
 from common.arena import huge_page_arena
 from controller.backup.layout import Piece
+from controller.backup.local_read import LocalRead
 
 # Connections to each view. nbdkit runs one worker per connection (--threads 1), so
-# this is how many of the view's reads the server works on at once. Measured on the
-# idle 1 GiB bench (2 cores): see docs/datasets.md.
+# this is how many of the view's reads the server works on at once.
 CONNECTIONS_PER_VIEW = 2
-MAX_DEPTH = 8  # reads in flight per export over NBD; 16 measured no faster and touched twice the buffers
+MAX_DEPTH = 8  # reads in flight per export over NBD; a deeper queue only touches more buffers
 LOCAL_AHEAD = 2  # reads done and waiting per export read locally (they complete as they are issued)
+
+Taken = Callable[[Piece], bool]  # true for a piece that needs no read any more
 
 
 class BufferPool:
@@ -50,18 +53,20 @@ class BufferPool:
 
     def __init__(self, size: int, count: int):
         assert count >= 1, "pool_shape gives one buffer per export and one more"
+        # Set at start, never changed.
         self.size = size
         self._arena = huge_page_arena(size * count)
+        # Copy loop only (the scheduler and the copier take and give buffers in its thread).
         self._free: list[memoryview] = []  # made, not in use
         self._unmade = count  # buffers the bound still allows to be made
-        self._whole: dict[int, object] = {}  # id(buffer) -> nbd.Buffer of all of it
+        self._whole: dict[int, nbd.Buffer] = {}  # id(buffer) -> nbd.Buffer of all of it
 
     @property
     def free(self) -> int:
         """Buffers a read may take now: those given back and those not made yet."""
         return len(self._free) + self._unmade
 
-    def take(self, length: int) -> tuple[memoryview, object]:
+    def take(self, length: int) -> tuple[memoryview, nbd.Buffer]:
         """A buffer and the nbd.Buffer for its first LENGTH bytes."""
         if self._free:
             data = self._free.pop()
@@ -86,14 +91,25 @@ class Read:
 
     physical: int
     length: int
-    pieces: deque  # of Piece, the ones not yet taken by the copier
+    pieces: deque[Piece]  # the ones not yet taken by the copier
     ahead: bool  # issued for a later dataset than the one being written then
-    handle: object = None  # the connection it was issued on
-    data: memoryview = field(default=None)
-    buf: object = None  # nbd.Buffer sharing `data`
+    handle: nbd.NBD | None = None  # the connection it was issued on
+    data: memoryview | None = None  # a pool buffer; None once it went back to the pool
+    buf: nbd.Buffer | None = None  # nbd.Buffer sharing `data`
     done: bool = False
     aside: bool = False  # saved chunks fetched out of order (issue_aside), not in the queue
     error: int = 0  # the errno the server answered with, once completed
+
+    def bytes_at(self, at: int, length: int) -> memoryview:
+        """LENGTH bytes of the buffer from AT (a view, no copy), while the read holds its buffer."""
+        assert self.data is not None, "a read's bytes are taken before its buffer goes back to the pool"
+        return self.data[at:at + length]
+
+    def is_zero(self, at: int, length: int) -> bool:
+        """Whether LENGTH bytes of the buffer from AT are all zero (libnbd checks, without a copy)."""
+        assert self.buf is not None, "a read's bytes are taken before its buffer goes back to the pool"
+        zero: bool = self.buf.is_zero(at, length)
+        return zero
 
 
 class ViewReader:
@@ -103,11 +119,15 @@ class ViewReader:
     fetched aside). Completion order across connections is free; the copier takes reads
     from the front of `queue` only."""
 
-    def __init__(self, export: str, handles, pieces, local=None):
+    def __init__(self, export: str, handles: nbd.NBD | list[nbd.NBD] | tuple[nbd.NBD, ...],
+                 pieces: Iterator[Piece], local: LocalRead | None = None):
+        # Set at start, never changed.
         self.export = export
         self.local = local
         self.handles = list(handles) if isinstance(handles, (list, tuple)) else [handles]
         self.handle = self.handles[0]  # for the few synchronous reads
+        # Copy loop only. libnbd's completion callback (_complete) runs in that thread too,
+        # inside the libnbd call that read the reply.
         self._busy = {id(h): 0 for h in self.handles}  # reads in flight per connection
         self._pieces = pieces  # iterator over this export's pieces in stream order
         self._look: deque[Piece] = deque()  # pulled from _pieces, not issued yet
@@ -129,12 +149,12 @@ class ViewReader:
         """The first piece not issued yet; every later piece of this export comes after it."""
         return self._peek(0)
 
-    def skip(self, taken) -> None:
+    def skip(self, taken: Taken) -> None:
         """Drop unissued pieces for which TAKEN(piece) is true (they were fetched ahead)."""
         while (p := self._peek(0)) is not None and taken(p):
             self._look.popleft()
 
-    def plan(self, limit: int, taken) -> list[Piece]:
+    def plan(self, limit: int, taken: Taken) -> list[Piece]:
         """The pieces the next read would cover: contiguous on the device, at most LIMIT bytes."""
         self.skip(taken)
         first = self._peek(0)
@@ -172,7 +192,8 @@ class ViewReader:
             return len(self.queue) >= LOCAL_AHEAD
         return self.in_flight >= MAX_DEPTH
 
-    def _start(self, physical: int, length: int, pieces, ahead: bool, pool: BufferPool, aside=False) -> Read:
+    def _start(self, physical: int, length: int, pieces: Iterable[Piece], ahead: bool, pool: BufferPool,
+               aside: bool = False) -> Read:
         data, buf = pool.take(length)
         h = min(self.handles, key=lambda h: self._busy[id(h)])  # the least loaded connection
         r = Read(physical, length, deque(pieces), ahead, h, data, buf, aside=aside)
@@ -210,9 +231,10 @@ class ViewReader:
 
     def pread(self, length: int, offset: int) -> bytes:
         """A synchronous read, for the few that do not go through the queue."""
-        return self.handle.pread(length, offset)
+        data: bytes = self.handle.pread(length, offset)
+        return data
 
-    def busy_handles(self) -> list:
+    def busy_handles(self) -> list[nbd.NBD]:
         """The connections with reads in flight."""
         return [h for h in self.handles if self._busy[id(h)]]
 
@@ -236,7 +258,7 @@ def wait(readers: list[ViewReader], timeout_ms: int = 1000) -> list[tuple[ViewRe
     if done:
         return done
     poller = select.poll()
-    fds = {}
+    fds: dict[int, nbd.NBD] = {}
     for r in busy:
         for h in r.busy_handles():
             direction = h.aio_get_direction()

@@ -1,10 +1,13 @@
 """tzero attach: an NBD export becomes a kernel block device /dev/nbdN."""
 
+import argparse
+
+from controller.cli.args import Subparsers
 from controller.nbd.kernel import attach
 from controller.nbd.uri import parse_device, parse_uri
 
 
-def register(subparsers) -> None:
+def register(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "attach", help="attach an NBD export as /dev/nbdN (kernel NBD, needs root)",
         description="Connect to an NBD export, negotiate it, and hand the connection to the "
@@ -19,7 +22,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     index = parse_device(args.device) if args.device else None
     index = attach(parse_uri(args.uri), index=index, read_only=args.read_only)
     print(f"/dev/nbd{index}")

@@ -1,6 +1,7 @@
 """tzero backup: take a time-zero backup of designated datasets (default: every export) of
 the given subsystems."""
 
+import argparse
 import datetime
 import json
 import sys
@@ -9,19 +10,42 @@ import time
 from backupformat import Dataset as StreamDataset
 from backupformat import Header, StreamWriter, parse_compression
 from controller import __version__
-from controller.backup.copier import Copier, pool_shape
+from controller.backup.copier import Copier, CopierStats, pool_shape
 from controller.backup.dataspec import parse_dataset
-from controller.backup.group import DEFAULT_DEADLINE_MS, DEFAULT_LEASE_MS, ConsistencyGroup
+from controller.backup.group import DEFAULT_DEADLINE_MS, DEFAULT_LEASE_MS, ConsistencyGroup, TimeZero
+from controller.backup.layout import Dataset, Striped
 from controller.backup.output import BackupOutput
-from controller.backup.plan import make_plan
-from controller.cli.args import parse_size
+from controller.backup.plan import Plan, make_plan
+from controller.cli.args import Subparsers, parse_size
 from controller.cli.progress import Progress
 from controller.errors import SubsystemError, TzeroError, UsageError
 
 DEFAULT_HOST_MEMORY = "256M"
 
 
-def register(subparsers) -> None:
+class CopySummary(CopierStats):
+    """What _copy says of the stream it wrote, with the copier's counters."""
+
+    time_zero: str
+    pause_ms: float
+    pause_ms_by_export: dict[str, float]
+    pause_wall_ms: float
+    datasets: list[str]
+    bytes: int
+    records: int
+    data_bytes: int
+    stored_bytes: int
+
+
+class Summary(CopySummary):
+    """What a backup prints: the last line with --json (docs/datasets.md lists the counters)."""
+
+    chunks_cow: int  # all subsystems, from their final statistics
+    side_peak_bytes: int  # the largest of them
+    elapsed_s: float
+
+
+def register(subparsers: Subparsers) -> None:
     p = subparsers.add_parser("backup", help="take a time-zero backup of live exports")
     p.add_argument("-s", "--subsystem", dest="controls", action="append", required=True, metavar="CTL",
                    help="control socket of a storage subsystem (repeat for several; order is stream order)")
@@ -48,7 +72,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     host_memory = parse_size(args.host_memory, "--host-memory")
     if args.freeze_deadline <= 0 or args.lease <= 0:
         raise UsageError("--freeze-deadline and --lease must be positive")
@@ -77,14 +101,14 @@ def run(args) -> int:
         group.abort(f"controller gave up: {reason}")
         output.discard()
         raise
-    summary["chunks_cow"] = sum(s["chunks_cow"] for s in stats.values())
-    summary["side_peak_bytes"] = max(s["side_peak_bytes"] for s in stats.values())
-    summary["elapsed_s"] = round(time.monotonic() - started, 3)
-    _report(args, summary)
+    _report(args, {**summary,
+                   "chunks_cow": sum(s["chunks_cow"] for s in stats.values()),
+                   "side_peak_bytes": max(s["side_peak_bytes"] for s in stats.values()),
+                   "elapsed_s": round(time.monotonic() - started, 3)})
     return 0
 
 
-def _common_chunk_size(group) -> int:
+def _common_chunk_size(group: ConsistencyGroup) -> int:
     sizes = {m.chunk_size for m in group.members}
     if len(sizes) != 1:
         raise SubsystemError(f"the subsystems use different chunk sizes ({', '.join(map(str, sorted(sizes)))}); "
@@ -92,7 +116,8 @@ def _common_chunk_size(group) -> int:
     return sizes.pop()
 
 
-def _copy(args, group, plan, chunk, host_memory, zero, output) -> dict:
+def _copy(args: argparse.Namespace, group: ConsistencyGroup, plan: Plan, chunk: int, host_memory: int,
+          zero: TimeZero, output: BackupOutput) -> CopySummary:
     time_zero = datetime.datetime.fromtimestamp(zero["time_zero"], datetime.UTC).isoformat()
     datasets = plan.datasets
     header = Header(tool_version=__version__, time_zero=time_zero, chunk_size=chunk,
@@ -122,17 +147,18 @@ def _copy(args, group, plan, chunk, host_memory, zero, output) -> dict:
     }
 
 
-def describe(ds) -> dict:
+def describe(ds: Dataset) -> dict[str, object]:
     """What the header's extra says of a dataset: its spec and where its bytes came from."""
     layout = ds.layout
-    if hasattr(layout, "legs"):
+    where: dict[str, object]
+    if isinstance(layout, Striped):
         where = {"layout": "stripe", "chunk": layout.chunk, "legs": layout.legs, "leg_size": layout.leg_size}
     else:
         where = {"layout": "linear", "extents": [list(x) for x in layout.extents]}
     return {"name": ds.name, "spec": ds.spec, **where}
 
 
-def _report(args, summary: dict) -> None:
+def _report(args: argparse.Namespace, summary: Summary) -> None:
     out = sys.stderr if args.output == "-" else sys.stdout
     if args.json:
         print(json.dumps(summary), file=out)

@@ -1,10 +1,13 @@
 """tzero detach: disconnect a kernel NBD device that tzero attach (or anything) set up."""
 
+import argparse
+
+from controller.cli.args import Subparsers
 from controller.nbd.kernel import detach
 from controller.nbd.uri import parse_device
 
 
-def register(subparsers) -> None:
+def register(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "detach", help="disconnect /dev/nbdN (kernel NBD, needs root)",
         description="Disconnect a kernel NBD device. Unmount it first: a device still open "
@@ -13,6 +16,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     detach(parse_device(args.device))
     return 0

@@ -4,14 +4,40 @@ Reads the header only, plus the trailer at the end when OUT is a seekable file;
 it does not verify the records (that is `tzero verify`).
 """
 
+import argparse
 import json
+from typing import TypedDict
 
 from backupformat import FormatError
+from controller.cli.args import Subparsers
 from controller.errors import BackupFormatError
 from controller.restore.verify import backup_label, opened_backup
 
 
-def register(subparsers) -> None:
+class DatasetSize(TypedDict):
+    name: str
+    size: int
+
+
+class Listing(TypedDict):
+    """What ls shows: one JSON object with --json."""
+
+    backup: str
+    format_version: int
+    tool_version: str
+    time_zero: str
+    chunk_size: int
+    datasets: list[DatasetSize]
+    # From the trailer; None when OUT cannot seek, or its trailer is damaged.
+    records: int | None
+    data_bytes: int | None
+    stored_bytes: int | None
+    stream_bytes: int | None
+    compression_ratio: float | None
+    extra: dict[str, object]
+
+
+def register(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "ls", help="list the datasets of a backup",
         description="Show the datasets of a backup in stream order with their sizes, the time "
@@ -22,7 +48,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     label = backup_label(args.backup)
     trailer, problem = None, None
     with opened_backup(args.backup) as reader:
@@ -32,7 +58,7 @@ def run(args) -> int:
                 trailer = reader.read_trailer()
             except FormatError as e:
                 problem = f"{label}: {e}"  # still show the header, then fail
-    info = {
+    info: Listing = {
         "backup": label,
         "format_version": header.format_version,
         "tool_version": header.tool_version,
@@ -54,7 +80,7 @@ def run(args) -> int:
     return 0
 
 
-def _text(info: dict) -> str:
+def _text(info: Listing) -> str:
     lines = [
         f"{info['backup']}: tzero backup format {info['format_version']}, "
         f"written by tzero {info['tool_version']}",
@@ -62,9 +88,11 @@ def _text(info: dict) -> str:
         f"chunk size  {_human(info['chunk_size'])}",
     ]
     if info["records"] is not None:
+        assert info["data_bytes"] is not None and info["stream_bytes"] is not None, "a trailer gives all of them"
         lines.append(f"records     {info['records']}, {_human(info['data_bytes'])} of data, "
                      f"stream {_human(info['stream_bytes'])}")
         if info["compression_ratio"] is not None:
+            assert info["stored_bytes"] is not None, "a trailer gives all of them"
             lines.append(f"compression {_human(info['stored_bytes'])} stored, "
                          f"ratio {info['compression_ratio']:.2f}")
     width = max([len(d["name"]) for d in info["datasets"]] + [7])

@@ -7,6 +7,7 @@ Each subcommand lives in its own module controller/cli/<name>.py exposing
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from controller import __version__
 from controller.errors import EXIT_BUG, EXIT_FAILURE, EXIT_STATUSES, EXIT_USAGE, TzeroError
@@ -15,13 +16,13 @@ COMMANDS = ["serve", "backup", "restore", "verify", "ls", "status", "serve-backu
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"tzero: {message}\n")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser with every subcommand, or with ONLY that one: each command imports what it
-    needs (libnbd, pyroute2, ...), which costs seconds in a VM guest, so a call pays for its own."""
+    needs (libnbd, pyroute2, ...), which is slow in a VM guest, so a call pays for its own."""
     parser = _Parser(prog="tzero", description="Time-zero backups of live NBD exports.",
                      epilog=exit_status_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"tzero {__version__}")

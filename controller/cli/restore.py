@@ -1,14 +1,16 @@
 """`tzero restore OUT --to DIR` and `tzero restore OUT --dataset NAME --to TARGET`."""
 
+import argparse
 import os
 
+from controller.cli.args import Subparsers
 from controller.errors import UsageError
 from controller.restore.restore import restore
 from controller.restore.targets import is_nbd_uri, open_target, plan_directory
 from controller.restore.verify import backup_label, opened_backup
 
 
-def register(subparsers) -> None:
+def register(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "restore", help="restore datasets from a backup",
         description="Without --dataset, write DIR/NAME.img (raw, sparse, exact size) for every "
@@ -25,7 +27,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     label = backup_label(args.backup)
     if args.dataset is None and (is_nbd_uri(args.to) or
                                  (os.path.exists(args.to) and not os.path.isdir(args.to))):

@@ -7,8 +7,10 @@ runs in the foreground; the pidfile appears once the socket serves NBD, and
 SIGTERM or SIGINT stops it and removes the socket and the pidfile.
 """
 
+import argparse
 import os
 
+from controller.cli.args import Subparsers
 from controller.errors import UsageError
 from controller.nbd.nbdkit_runner import PLUGIN_DIR, listen_args, require_nbdkit, run_nbdkit, serves_nbd
 from controller.restore.verify import opened_backup
@@ -16,7 +18,7 @@ from controller.restore.verify import opened_backup
 PLUGIN = os.path.join(PLUGIN_DIR, "backup_plugin.py")
 
 
-def register(subparsers) -> None:
+def register(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "serve-backup", help="serve a backup read-only over NBD, one export per dataset",
         description="Serve every dataset of BACKUP as a read-only NBD export named after it, "
@@ -30,7 +32,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _check(args) -> None:
+def _check(args: argparse.Namespace) -> None:
     """Everything that can be wrong before nbdkit starts, as one line."""
     require_nbdkit()
     if args.backup == "-":
@@ -41,7 +43,7 @@ def _check(args) -> None:
             raise UsageError(f"{args.backup} holds no datasets to serve")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     _check(args)
     sock = None if args.port else os.path.abspath(args.socket or "tzero-backup.sock")
     cmd = ["nbdkit", "-f", "-r", "--exit-with-parent", *listen_args(sock, args.port), "python", PLUGIN,

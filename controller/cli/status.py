@@ -1,18 +1,20 @@
 """tzero status: what a storage subsystem is doing (session phase, chunks, side store, rate)."""
 
+import argparse
 import json
 
-from controller.backup.control_client import ControlClient
+from controller.backup.control_client import ControlClient, JsonObject
+from controller.cli.args import Subparsers
 
 
-def register(subparsers) -> None:
+def register(subparsers: Subparsers) -> None:
     p = subparsers.add_parser("status", help="show a storage subsystem's session state")
     p.add_argument("control", metavar="CTL", help="control socket of the subsystem")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     client = ControlClient(args.control)
     try:
         status = client.request("status")
@@ -26,7 +28,7 @@ def run(args) -> int:
     return 0
 
 
-def format_status(where: str, status: dict) -> str:
+def format_status(where: str, status: JsonObject) -> str:
     lines = [f"subsystem {where}: chunk {status['chunk_size'] >> 10} KiB, side memory {status['side_memory'] >> 20} MiB"
              f", spill file {status['spill_file_bytes'] >> 20} MiB"]
     for e in status["exports"]:

@@ -1,9 +1,12 @@
 """`tzero verify OUT`: read a whole backup and say whether it is intact."""
 
+import argparse
+
+from controller.cli.args import Subparsers
 from controller.restore.verify import backup_label, opened_backup, verify
 
 
-def register(subparsers) -> None:
+def register(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "verify", help="check every record, the index and the digest of a backup",
         description="Read a whole backup and check every record, the index, the trailer "
@@ -13,7 +16,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     with opened_backup(args.backup) as reader:
         s = verify(reader)
     print(f"{backup_label(args.backup)}: intact: {s.datasets} datasets, {s.records} records, "

@@ -1,9 +1,18 @@
 """Opening libnbd handles on a subsystem's exports, the way every reader of a view wants them."""
 
+from typing import TypedDict
+
 import nbd
 
 
-def connect(where: dict, export: str) -> nbd.NBD:
+class NbdAddress(TypedDict, total=False):
+    """Where a subsystem serves NBD, as its hello says: a unix socket, or a loopback TCP port."""
+
+    socket: str
+    port: int
+
+
+def connect(where: NbdAddress, export: str) -> nbd.NBD:
     """A libnbd handle on EXPORT of the subsystem serving at WHERE ({"socket"} or {"port"})."""
     h = nbd.NBD()
     # libnbd zeroes every read buffer before reading into it unless told not to: a whole

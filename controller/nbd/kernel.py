@@ -2,12 +2,13 @@
 a negotiated socket as /dev/nbdN, detach, ask a device's status.
 
 CONNECT hands the socket to the kernel, which keeps its own reference: the caller may
-close it and exit. pyroute2 is imported only inside KernelNbd: importing it costs 5-12 s
-in a TCG guest, and nothing else needs it.
+close it and exit. pyroute2 is imported only inside KernelNbd: importing it is slow in a
+TCG guest, and nothing else needs it.
 """
 
 import errno
 import socket
+from typing import Any
 
 from controller.errors import SubsystemError, TzeroError
 from controller.nbd.handshake import TFLAG_HAS_FLAGS, TFLAG_READ_ONLY, ExportInfo, open_export
@@ -22,6 +23,9 @@ CMD_STATUS = 5
 KERNEL_MIN_BLOCK = 512                 # the kernel takes a power of two in [512, page size]
 KERNEL_MAX_BLOCK = 4096
 
+# pyroute2 has no type information: its classes and messages are Any to mypy.
+Message = Any  # a pyroute2 netlink message
+
 
 def kernel_block_size(info: ExportInfo) -> int:
     """The logical block size for the kernel: 512 unless the server needs more."""
@@ -35,7 +39,7 @@ def kernel_block_size(info: ExportInfo) -> int:
 class KernelNbd:
     """A generic netlink socket bound to the kernel's "nbd" family. Use with `with`."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         # Deferred: pyroute2 is slow to import in a guest and only this class needs it.
         try:
             from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, genlmsg, nla
@@ -56,19 +60,21 @@ class KernelNbd:
                 raise TzeroError("the kernel has no NBD support loaded (modprobe nbd)") from None
             raise TzeroError(f"cannot reach the kernel's nbd netlink family: {e}") from None
 
-    def __enter__(self):
+    def __enter__(self) -> "KernelNbd":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self._sock.close()
 
-    def _request(self, cmd: int, attrs: list, what: str) -> tuple:
+    def _request(self, cmd: int, attrs: list[tuple[str, object]], what: str) -> tuple[Message, ...]:
         msg = self._msg()
         msg["cmd"] = cmd
         msg["version"] = GENL_VERSION
         msg["attrs"] = attrs
         try:
-            return self._sock.nlm_request(msg, msg_type=self._sock.prid, msg_flags=self._flags)
+            replies: tuple[Message, ...] = self._sock.nlm_request(msg, msg_type=self._sock.prid,
+                                                                  msg_flags=self._flags)
+            return replies
         except self._NetlinkError as e:
             if e.code == errno.EPERM:
                 raise TzeroError(f"{what}: permission denied (needs root)") from None
@@ -81,7 +87,7 @@ class KernelNbd:
                 read_only: bool = False) -> int:
         """Hand SOCK to the kernel as device INDEX (None: the kernel picks); return the index."""
         flags = info.flags | TFLAG_HAS_FLAGS | (TFLAG_READ_ONLY if read_only else 0)
-        attrs = [
+        attrs: list[tuple[str, object]] = [
             ("NBD_ATTR_SIZE_BYTES", info.size),
             ("NBD_ATTR_BLOCK_SIZE_BYTES", kernel_block_size(info)),
             ("NBD_ATTR_SERVER_FLAGS", flags),
@@ -93,7 +99,7 @@ class KernelNbd:
             attrs.insert(0, ("NBD_ATTR_INDEX", index))
         where = f"/dev/nbd{index}" if index is not None else "a free /dev/nbdN"
         for reply in self._request(CMD_CONNECT, attrs, f"attaching {where}"):
-            got = reply.get_attr("NBD_ATTR_INDEX")
+            got: int | None = reply.get_attr("NBD_ATTR_INDEX")
             if got is not None:
                 return got
         assert index is not None, "the kernel picked a device but did not say which"
@@ -113,16 +119,16 @@ class KernelNbd:
         return None
 
 
-_MESSAGE_CLASS = None
+_MESSAGE_CLASS: type | None = None
 
 
-def _message_class(genlmsg, nla):
+def _message_class(genlmsg: Any, nla: Any) -> type:
     """The pyroute2 description of nbd netlink messages, made once pyroute2 is imported."""
     global _MESSAGE_CLASS
     if _MESSAGE_CLASS is not None:
         return _MESSAGE_CLASS
 
-    class NbdMessage(genlmsg):
+    class NbdMessage(genlmsg):  # type: ignore[misc]  # pyroute2's base class is Any
         # Positions are the uapi enum values: NBD_ATTR_UNSPEC is 0, INDEX 1, and so on.
         nla_map = (
             ("NBD_ATTR_UNSPEC", "none"),
@@ -138,19 +144,19 @@ def _message_class(genlmsg, nla):
             ("NBD_ATTR_BACKEND_IDENTIFIER", "asciiz"),
         )
 
-        class sockets(nla):
+        class sockets(nla):  # type: ignore[misc]  # pyroute2's base class is Any
             nla_flags = 1 << 15         # NLA_F_NESTED
             nla_map = (("NBD_SOCK_ITEM_UNSPEC", "none"), ("NBD_SOCK_ITEM", "sock_item"))
 
-            class sock_item(nla):
+            class sock_item(nla):  # type: ignore[misc]  # pyroute2's base class is Any
                 nla_flags = 1 << 15
                 nla_map = (("NBD_SOCK_UNSPEC", "none"), ("NBD_SOCK_FD", "uint32"))
 
-        class device_list(nla):
+        class device_list(nla):  # type: ignore[misc]  # pyroute2's base class is Any
             nla_flags = 1 << 15
             nla_map = (("NBD_DEVICE_ITEM_UNSPEC", "none"), ("NBD_DEVICE_ITEM", "device_item"))
 
-            class device_item(nla):
+            class device_item(nla):  # type: ignore[misc]  # pyroute2's base class is Any
                 nla_flags = 1 << 15
                 nla_map = (("NBD_DEVICE_UNSPEC", "none"), ("NBD_DEVICE_INDEX", "uint32"),
                            ("NBD_DEVICE_CONNECTED", "uint8"))

@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from types import FrameType
 
 import nbd
 
@@ -37,18 +39,19 @@ def listen_args(nbd_socket: str | None, port: int | None) -> list[str]:
     if nbd_socket:
         _clear_stale_socket(nbd_socket)
         return ["-U", nbd_socket]
+    assert port is not None, "the commands give a socket or a port"
     if not 0 < port < 65536:
         raise UsageError(f"--port {port}: not a TCP port")
     return ["-i", "127.0.0.1", "-p", str(port)]
 
 
-def run_nbdkit(cmd: list[str], ready, pidfile: str | None, leftovers: list[str | None]) -> int:
+def run_nbdkit(cmd: list[str], ready: Callable[[], bool], pidfile: str | None, leftovers: list[str | None]) -> int:
     """Run CMD until it exits or we are asked to stop; READY() says when it serves.
     Returns 0 when stopped by a signal, else raises TzeroError on a non-zero exit."""
     proc = subprocess.Popen(cmd)
-    stopping = []
+    stopping: list[int] = []
 
-    def stop(signum, frame):
+    def stop(signum: int, frame: FrameType | None) -> None:
         stopping.append(signum)
         proc.send_signal(signal.SIGTERM)
 
@@ -103,7 +106,7 @@ def _clear_stale_socket(path: str) -> None:
     os.unlink(path)
 
 
-def _wait_ready(proc, ready) -> bool:
+def _wait_ready(proc: subprocess.Popen[bytes], ready: Callable[[], bool]) -> bool:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -116,7 +119,7 @@ def _wait_ready(proc, ready) -> bool:
     return False
 
 
-def _wait_stopped(proc, stopping: list) -> int:
+def _wait_stopped(proc: subprocess.Popen[bytes], stopping: list[int]) -> int:
     """nbdkit's exit status. Once asked to stop, give it STOP_TIMEOUT_S, then kill it."""
     asked_at = None
     while True:

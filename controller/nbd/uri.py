@@ -23,10 +23,11 @@ class NbdUri:
     host: str | None = None
     port: int = DEFAULT_PORT
 
-    def __str__(self):
+    def __str__(self) -> str:
         quoted = urllib.parse.quote(self.export)
         if self.socket_path is not None:
             return f"nbd+unix:///{quoted}?socket={self.socket_path}"
+        assert self.host is not None, "parse_uri gives a TCP URI its host"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"nbd://{host}:{self.port}/{quoted}"
 

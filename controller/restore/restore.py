@@ -8,10 +8,10 @@ is aborted and one error says what happened to them.
 
 from backupformat import FormatError, StreamReader
 from controller.errors import BackupFormatError, RestoreError, TzeroError
-from controller.restore.targets import abort_all
+from controller.restore.targets import Target, abort_all
 
 
-def restore(reader: StreamReader, label: str, plan: dict) -> list:
+def restore(reader: StreamReader, label: str, plan: dict[int, Target]) -> list[Target]:
     """Write the records of every dataset in PLAN (dataset index -> target), verify
     the whole stream, then commit every target. Returns the targets in order.
 
@@ -38,8 +38,9 @@ def restore(reader: StreamReader, label: str, plan: dict) -> list:
     return list(plan.values())
 
 
-def _failure(e: BaseException, label: str, plan: dict) -> BaseException:
+def _failure(e: BaseException, label: str, plan: dict[int, Target]) -> BaseException:
     """The one error to report for E, given what the targets went through."""
+    error: BaseException
     if isinstance(e, FormatError):
         reason = f"{label}: {e}"
         error = BackupFormatError(reason)

@@ -14,15 +14,39 @@ Every target is checked (size, writability) before the first record is read.
 import os
 import re
 import stat
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from types import ModuleType
+from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
 
 from backupformat import Dataset, Header
 from common import blockdev
-from common.fileio import ZEROS, fsync_dir, write_all, zero_fill
+from common.fileio import ZEROS, Buffer, fsync_dir, write_all, zero_fill
 from controller.errors import RestoreError, UsageError
+
+if TYPE_CHECKING:
+    import nbd  # imported when an NBD target is made: only those need libnbd
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 _NBD_URI = re.compile(r"nbds?(\+(unix|vsock|tcp))?://")
 _NBD_MAX_WRITE = 4 << 20  # well under libnbd's 64 MiB and most servers' limits
 _NBD_MAX_ZERO = 1 << 30  # NBD lengths are 32-bit
+
+
+class Target(Protocol):
+    """What the restore loop (restore.py) knows of a target. It is used by that loop alone."""
+
+    dataset: Dataset
+    label: str
+    touched: bool  # written or zeroed: from then on a failure leaves it incomplete
+    atomic: bool  # a failure leaves nothing behind, however far it got
+
+    def write(self, offset: int, data: Buffer) -> None: ...
+    def finish(self) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
 
 
 def is_nbd_uri(text: str) -> bool:
@@ -35,10 +59,13 @@ class FileTarget:
     atomic = True
 
     def __init__(self, path: str, dataset: Dataset):
+        # Set at start, never changed.
         self.label = path
         self.dataset = dataset
         self.partial = path + ".partial"
+        # Restore loop only.
         self.touched = False
+        self._fd: int | None  # None once committed or aborted
         try:
             # A .partial left by an earlier failed run is ours to overwrite.
             self._fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
@@ -47,14 +74,14 @@ class FileTarget:
             raise RestoreError(f"cannot create {self.partial}: {e.strerror}") from None
         self._io(os.ftruncate, self._fd, dataset.size)
 
-    def write(self, offset: int, data) -> None:
-        self._io(write_all, self._fd, data, offset)
+    def write(self, offset: int, data: Buffer) -> None:
+        self._io(write_all, self._open_fd, data, offset)
 
     def finish(self) -> None:
-        self._io(os.fsync, self._fd)
+        self._io(os.fsync, self._open_fd)
 
     def commit(self) -> None:
-        os.close(self._fd)
+        os.close(self._open_fd)
         self._fd = None
         self._io(os.rename, self.partial, self.label)
         self._io(fsync_dir, os.path.dirname(self.label))
@@ -68,14 +95,19 @@ class FileTarget:
         except FileNotFoundError:
             pass
 
-    def _io(self, fn, *args):
+    @property
+    def _open_fd(self) -> int:
+        assert self._fd is not None, "a target is written only until commit or abort"
+        return self._fd
+
+    def _io(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except OSError as e:
             raise RestoreError(f"cannot write {self.partial}: {e.strerror}") from None
 
 
-class _InPlaceTarget:
+class _InPlaceTarget(ABC):
     """A target that already exists and may hold old data: it zeroes every gap.
 
     Subclasses provide _pwrite, _zero, _flush and close; all raise RestoreError.
@@ -84,8 +116,10 @@ class _InPlaceTarget:
     atomic = False
 
     def __init__(self, label: str, device_size: int, dataset: Dataset):
+        # Set at start, never changed.
         self.label = label
         self.dataset = dataset
+        # Restore loop only.
         self.touched = False  # written or zeroed: from then on a failure leaves it incomplete
         self._cursor = 0  # everything below is restored
         if device_size < dataset.size:
@@ -93,7 +127,7 @@ class _InPlaceTarget:
             raise RestoreError(f"{label} is too small for dataset {dataset.name!r}: "
                                f"{device_size} bytes, needs {dataset.size}")
 
-    def write(self, offset: int, data) -> None:
+    def write(self, offset: int, data: Buffer) -> None:
         assert offset >= self._cursor, "the reader yields records in ascending order"
         self.touched = True
         if offset > self._cursor:
@@ -114,12 +148,25 @@ class _InPlaceTarget:
     def abort(self) -> None:
         self.close()
 
+    @abstractmethod
+    def _pwrite(self, offset: int, data: Buffer) -> None: ...
+
+    @abstractmethod
+    def _zero(self, offset: int, length: int) -> None: ...
+
+    @abstractmethod
+    def _flush(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
 
 class DeviceTarget(_InPlaceTarget):
     """An open file descriptor written in place: a block device (or, in tests, a file)."""
 
     def __init__(self, fd: int, label: str, device_size: int, dataset: Dataset):
-        self._fd = fd
+        # Restore loop only.
+        self._fd: int | None = fd  # None once closed
         self._zeroout = True  # until the kernel says the device cannot
         super().__init__(label, device_size, dataset)
 
@@ -137,31 +184,36 @@ class DeviceTarget(_InPlaceTarget):
             raise RestoreError(f"cannot get the size of {path}: {e.strerror}") from None
         return cls(fd, path, size, dataset)
 
-    def _pwrite(self, offset, data):
-        self._io(write_all, self._fd, data, offset)
+    def _pwrite(self, offset: int, data: Buffer) -> None:
+        self._io(write_all, self._open_fd, data, offset)
 
-    def _zero(self, offset, length):
+    def _zero(self, offset: int, length: int) -> None:
         if self._zeroout and offset % 512 == 0 and length % 512 == 0:
             try:
-                blockdev.zeroout(self._fd, offset, length)
+                blockdev.zeroout(self._open_fd, offset, length)
                 return
             except OSError as e:
                 if not blockdev.unsupported(e):
                     raise RestoreError(f"cannot zero {self.label}: {e.strerror}") from None
                 self._zeroout = False  # not a block device, or one that cannot: write zeros
-        self._io(zero_fill, self._fd, offset, length)
+        self._io(zero_fill, self._open_fd, offset, length)
 
-    def _flush(self):
-        self._io(os.fsync, self._fd)
+    def _flush(self) -> None:
+        self._io(os.fsync, self._open_fd)
 
-    def close(self):
+    def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
-    def _io(self, fn, *args):
+    @property
+    def _open_fd(self) -> int:
+        assert self._fd is not None, "a target is written only until it is closed"
+        return self._fd
+
+    def _io(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except OSError as e:
             raise RestoreError(f"cannot write {self.label}: {e.strerror}") from None
 
@@ -172,8 +224,10 @@ class NbdTarget(_InPlaceTarget):
     def __init__(self, uri: str, dataset: Dataset):
         import nbd  # only NBD targets need libnbd
 
-        self._nbd = nbd
-        self._h = None
+        # Set at start, never changed: _nbd, _can_zero (and label, dataset: _InPlaceTarget).
+        # Restore loop only: _h, None once closed.
+        self._nbd: ModuleType = nbd
+        self._h: nbd.NBD | None = None
         try:
             h = nbd.NBD()
             h.connect_uri(uri)
@@ -187,27 +241,27 @@ class NbdTarget(_InPlaceTarget):
         self._can_zero = self._call(h.can_zero)
         super().__init__(uri, self._call(h.get_size), dataset)
 
-    def _pwrite(self, offset, data):
+    def _pwrite(self, offset: int, data: Buffer) -> None:
         view = memoryview(data)
         for start in range(0, len(view), _NBD_MAX_WRITE):
-            self._call(self._h.pwrite, view[start:start + _NBD_MAX_WRITE], offset + start)
+            self._call(self._open_handle.pwrite, view[start:start + _NBD_MAX_WRITE], offset + start)
 
-    def _zero(self, offset, length):
+    def _zero(self, offset: int, length: int) -> None:
         end = offset + length
         while offset < end:
             if self._can_zero:
                 n = min(_NBD_MAX_ZERO, end - offset)
-                self._call(self._h.zero, n, offset)
+                self._call(self._open_handle.zero, n, offset)
             else:
                 n = min(len(ZEROS), end - offset)
-                self._call(self._h.pwrite, ZEROS[:n], offset)
+                self._call(self._open_handle.pwrite, ZEROS[:n], offset)
             offset += n
 
-    def _flush(self):
-        if self._call(self._h.can_flush):
-            self._call(self._h.flush)
+    def _flush(self) -> None:
+        if self._call(self._open_handle.can_flush):
+            self._call(self._open_handle.flush)
 
-    def close(self):
+    def close(self) -> None:
         if self._h is not None:
             h, self._h = self._h, None
             try:
@@ -215,14 +269,19 @@ class NbdTarget(_InPlaceTarget):
             except self._nbd.Error:
                 pass  # closing after a failure: the first error is the one to report
 
-    def _call(self, fn, *args):
+    @property
+    def _open_handle(self) -> "nbd.NBD":
+        assert self._h is not None, "a target is written only until it is closed"
+        return self._h
+
+    def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except self._nbd.Error as e:
             raise RestoreError(f"{self.label}: {e.string}") from None
 
 
-def open_target(to: str, dataset: Dataset, force: bool):
+def open_target(to: str, dataset: Dataset, force: bool) -> Target:
     """The target TO names for DATASET: an NBD URI, a block device, a directory
     (DIR/NAME.img in it) or a file path. Checked and opened, nothing written yet."""
     if is_nbd_uri(to):
@@ -250,7 +309,7 @@ def new_file(path: str, dataset: Dataset, force: bool) -> FileTarget:
     return FileTarget(path, dataset)
 
 
-def plan_directory(header: Header, directory: str, force: bool) -> dict:
+def plan_directory(header: Header, directory: str, force: bool) -> dict[int, Target]:
     """A FileTarget DIRECTORY/NAME.img for every dataset, by dataset index.
 
     Refuses before creating anything if any NAME.img exists and not FORCE.
@@ -264,7 +323,7 @@ def plan_directory(header: Header, directory: str, force: bool) -> dict:
     if existing and not force:
         raise UsageError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
                            "use --force to replace")
-    plan = {}
+    plan: dict[int, Target] = {}
     try:
         for i, (d, path) in enumerate(zip(header.datasets, paths, strict=False)):
             plan[i] = new_file(path, d, force=True)
@@ -274,7 +333,7 @@ def plan_directory(header: Header, directory: str, force: bool) -> dict:
     return plan
 
 
-def abort_all(plan: dict) -> None:
+def abort_all(plan: dict[int, Target]) -> None:
     """Abort every target of PLAN, keeping quiet: the caller is already failing."""
     for target in plan.values():
         try:

@@ -7,7 +7,8 @@ BackupFormatError a user sees, as one line that starts with the backup's name:
 
 import contextlib
 import sys
-from typing import NamedTuple
+from collections.abc import Iterator
+from typing import BinaryIO, NamedTuple
 
 from backupformat import FormatError, StreamReader
 from controller.errors import BackupFormatError, TzeroError
@@ -21,7 +22,7 @@ def backup_label(path: str) -> str:
 
 
 @contextlib.contextmanager
-def opened_backup(path: str):
+def opened_backup(path: str) -> Iterator[StreamReader]:
     """Yield a StreamReader on PATH ('-' is stdin), its header already checked.
 
     A FormatError raised by the reader, here or in the caller's block, leaves as
@@ -29,6 +30,7 @@ def opened_backup(path: str):
     (stdin is left open). Errors that are not about the backup pass unchanged.
     """
     label = backup_label(path)
+    f: BinaryIO
     if path == STDIN:
         f, owned = sys.stdin.buffer, False
     else:
@@ -61,5 +63,6 @@ def verify(reader: StreamReader) -> Summary:
     for _ in reader.records():
         pass
     t = reader.trailer
+    assert t is not None, "a stream read to its end has its trailer"
     return Summary(len(reader.header.datasets), t.record_count, t.data_bytes,
                    t.stream_bytes, t.digest)

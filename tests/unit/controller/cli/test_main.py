@@ -7,8 +7,17 @@ import pytest
 
 from controller.cli import main as cli
 from controller.errors import (
-    EXIT_BUG, EXIT_DAMAGED, EXIT_FAILURE, EXIT_RETRY, EXIT_USAGE, BackupFormatError, SessionAborted,
-    SubsystemError, TzeroError, UsageError, os_error,
+    EXIT_BUG,
+    EXIT_DAMAGED,
+    EXIT_FAILURE,
+    EXIT_RETRY,
+    EXIT_USAGE,
+    BackupFormatError,
+    SessionAborted,
+    SubsystemError,
+    TzeroError,
+    UsageError,
+    os_error,
 )
 
 
