@@ -90,23 +90,33 @@ class DatasetView:
         if pos < end:
             view[pos - offset:] = bytes(end - pos)
 
-    def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
-        """(offset, length, is_hole) runs covering [offset, offset+length) of the dataset."""
+    def extents(self, offset: int, length: int, limit: int | None = None) -> list[tuple[int, int, bool]]:
+        """(offset, length, is_hole) runs from OFFSET, back to back: all of [offset, offset+length)
+        of the dataset, or the first LIMIT runs (adjacent records make one run)."""
         end = min(offset + length, self.size)
-        runs, pos = [], offset
+        runs: list[tuple[int, int, bool]] = []
+        pos = offset
+
+        def full() -> bool:
+            return limit is not None and len(runs) >= limit
+
         for e in self._entries_from(offset):
             if pos >= end or e.offset >= end:
                 break
             if e.offset > pos:
+                if full():
+                    return runs
                 runs.append((pos, e.offset - pos, True))
                 pos = e.offset
             stop = min(end, e.offset + e.length)
             if runs and not runs[-1][2] and runs[-1][0] + runs[-1][1] == pos:
                 runs[-1] = (runs[-1][0], stop - runs[-1][0], False)
+            elif full():
+                return runs
             else:
                 runs.append((pos, stop - pos, False))
             pos = stop
-        if pos < end:
+        if pos < end and not full():
             runs.append((pos, end - pos, True))
         return runs
 

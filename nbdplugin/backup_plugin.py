@@ -24,6 +24,9 @@ import nbdkit  # noqa: E402
 from backupformat.view import BackupFile, DatasetView, FormatError  # noqa: E402
 
 API_VERSION = 2
+# At most this many extents answer one block-status request, and one with REQ_ONE: a client
+# asking about a long range of a backup with many records asks again from where they end.
+EXTENTS_PER_REPLY = 1024
 
 _config: dict[str, str] = {}  # "backup": PATH, set by config
 _state: dict[str, BackupFile] = {}  # "backup": BackupFile, made in get_ready, never replaced
@@ -100,5 +103,6 @@ def pread(h: DatasetView, buf: memoryview, offset: int, flags: int) -> None:
 
 
 def extents(h: DatasetView, count: int, offset: int, flags: int) -> list[tuple[int, int, int]]:
+    limit = 1 if flags & nbdkit.FLAG_REQ_ONE else EXTENTS_PER_REPLY
     hole = nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO
-    return [(o, n, hole if is_hole else 0) for o, n, is_hole in h.extents(offset, count)]
+    return [(o, n, hole if is_hole else 0) for o, n, is_hole in h.extents(offset, count, limit)]

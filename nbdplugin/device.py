@@ -76,14 +76,16 @@ class Device:
                 raise
         zero_fill(self.fd, offset, length)
 
-    def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
-        """(offset, length, is_hole) runs covering [offset, offset+length), from SEEK_DATA/SEEK_HOLE."""
+    def extents(self, offset: int, length: int, limit: int | None = None) -> list[tuple[int, int, bool]]:
+        """(offset, length, is_hole) runs from OFFSET, back to back, from SEEK_DATA/SEEK_HOLE: all
+        of [offset, offset+length), or the first LIMIT runs. Each run costs one or two lseeks, so
+        a limit is what keeps a request on a fragmented file from walking it to the end."""
         end = min(offset + length, self.size)
         if self.is_block:
             return [(offset, end - offset, False)]
-        runs = []
+        runs: list[tuple[int, int, bool]] = []
         pos = offset
-        while pos < end:
+        while pos < end and (limit is None or len(runs) < limit):
             try:
                 data = os.lseek(self.fd, pos, os.SEEK_DATA)
             except OSError as e:

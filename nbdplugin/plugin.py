@@ -28,6 +28,10 @@ from nbdplugin.session import Session  # noqa: E402
 from nbdplugin.subsystem import Export, Subsystem  # noqa: E402
 
 API_VERSION = 2
+# At most this many extents answer one block-status request: a client asking about a long
+# range of a fragmented file gets the first ones and asks again from where they end (the
+# protocol allows a shorter answer), instead of waiting while the whole range is walked.
+EXTENTS_PER_REPLY = 1024
 
 Ts = TypeVarTuple("Ts")
 R = TypeVar("R")
@@ -192,5 +196,7 @@ def flush(h: Handle, flags: int) -> None:
 
 @_io
 def extents(h: Handle, count: int, offset: int, flags: int) -> list[tuple[int, int, int]]:
+    # REQ_ONE: the client (qemu's NBD driver always) uses only the first extent.
+    limit = 1 if flags & nbdkit.FLAG_REQ_ONE else EXTENTS_PER_REPLY
     hole = nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO
-    return [(o, n, hole if is_hole else 0) for o, n, is_hole in h.export.device.extents(offset, count)]
+    return [(o, n, hole if is_hole else 0) for o, n, is_hole in h.export.device.extents(offset, count, limit)]

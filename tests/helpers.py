@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -88,3 +89,24 @@ def accepts_unix(path) -> bool:
         return False
     finally:
         probe.close()
+
+
+class BackupServer:
+    """`tzero serve-backup BACKUP` in the background, once it serves; stop() ends it."""
+
+    def __init__(self, tmp_path, backup, name="served"):
+        self.socket = str(tmp_path / f"{name}.sock")
+        self.pidfile = tmp_path / f"{name}.pid"
+        self.log = tmp_path / f"{name}.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen([*TZERO, "serve-backup", str(backup), "--socket", self.socket,
+                                          "--pidfile", str(self.pidfile)], cwd=REPO, stderr=log)
+        wait_for(lambda: self.pidfile.exists() or self.proc.poll() is not None, 60, "serve-backup to start")
+        assert self.proc.poll() is None, self.log.read_text()
+
+    def uri(self, name: str) -> str:
+        return f"nbd+unix:///{name}?socket={self.socket}"
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)

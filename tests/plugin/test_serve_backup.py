@@ -3,34 +3,14 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 
 import pytest
 
-from helpers import REPO, TZERO, last_json, make_image, tzero, wait_for
+from helpers import BackupServer, last_json, make_image, tzero
 
 pytestmark = pytest.mark.skipif(not all(shutil.which(t) for t in ("nbdcopy", "nbdinfo", "qemu-img")),
                                 reason="nbdcopy, nbdinfo (libnbd-bin) and qemu-img (qemu-utils) are needed")
-
-
-class BackupServer:
-    def __init__(self, tmp_path, backup, name="served"):
-        self.socket = str(tmp_path / f"{name}.sock")
-        self.pidfile = tmp_path / f"{name}.pid"
-        self.log = tmp_path / f"{name}.log"
-        with open(self.log, "w") as log:
-            self.proc = subprocess.Popen([*TZERO, "serve-backup", str(backup), "--socket", self.socket,
-                                          "--pidfile", str(self.pidfile)], cwd=REPO, stderr=log)
-        wait_for(lambda: self.pidfile.exists() or self.proc.poll() is not None, 60, "serve-backup to start")
-        assert self.proc.poll() is None, self.log.read_text()
-
-    def uri(self, name: str) -> str:
-        return f"nbd+unix:///{name}?socket={self.socket}"
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
 
 
 @pytest.fixture(params=["none", "zstd:3"])

@@ -48,3 +48,14 @@ def test_backup_view_damaged_record_fails_the_read_naming_it(tmp_path):
         b.close()
 
 
+
+
+def test_backup_view_extents_with_limit_one_return_only_the_extent_at_the_offset(backup):
+    assert backup.view("a").extents(70000, 256 << 10, limit=1) == [(70000, 131072 - 70000, True)]
+    assert backup.view("b").extents(0, 100_000, limit=1) == [(0, 4096, True)]
+
+
+@pytest.mark.parametrize("limit", [2, 3])
+def test_backup_view_extents_stop_at_the_limit_with_a_prefix_of_the_whole_answer(backup, limit):
+    whole = backup.view("b").extents(0, 100_000)
+    assert backup.view("b").extents(0, 100_000, limit=limit) == whole[:limit]
