@@ -1,4 +1,5 @@
-"""The size grammar users type, stated once for the whole project, and sizes for humans.
+"""The size and duration grammars users type, stated once for the whole project, and sizes,
+rates and durations for humans.
 
     SIZE  = NUMBER [UNIT]
     NUMBER: a whole or decimal number (4096, 1.5)
@@ -6,6 +7,10 @@
             every unit is a power of 1024; none means bytes
 
 A size that is not a whole number of bytes (1.5K is 1536, fine; 0.3K is not) is refused.
+    DURATION = NUMBER [ms | s | m | h]
+    NUMBER: a whole or decimal number; none means milliseconds (2000 is 2 s), so the plain
+            numbers that --freeze-deadline and --lease always took keep their meaning
+
 Parsers raise ValueError with a message naming what was given; the callers turn it into
 their own error (the plugin's ConfigError, the command line's usage error).
 """
@@ -13,8 +18,12 @@ their own error (the plugin's ConfigError, the command line's usage error).
 import re
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*([KMGTP]?)(?:I?B)?", re.IGNORECASE)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?", re.IGNORECASE)
+_MS_PER = {"": 1, "ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 _SHIFT = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40, "P": 50}
 SIZE_GRAMMAR = "a number with an optional unit K, M, G, T (powers of 1024; B or iB may follow), e.g. 64K, 512MiB, 1.5G"
+
+DURATION_GRAMMAR = "a number with an optional unit ms, s, m, h (none means milliseconds), e.g. 500ms, 2s, 1m"
 
 
 def parse_size(text: str, what: str = "size") -> int:
@@ -44,3 +53,36 @@ def human_size(n: int) -> str:
             text = f"{value:.3g}" if value < 1000 else f"{value:.0f}"
             return f"{text} {unit}"
     raise AssertionError("unreachable: n >= 1024 matched KiB")
+
+
+def parse_duration(text: str, what: str = "duration") -> int:
+    """Whole milliseconds for TEXT; ValueError("WHAT: ...") if it is not a duration or rounds to 0."""
+    m = _DURATION.fullmatch(text.strip()) if isinstance(text, str) else None
+    if not m:
+        raise ValueError(f"{what}: {text!r} is not a duration ({DURATION_GRAMMAR})")
+    ms = round(float(m.group(1)) * _MS_PER[(m.group(2) or "").lower()])
+    if ms <= 0:
+        raise ValueError(f"{what}: {text!r} must be at least 1 ms")
+    return ms
+
+
+def exact_size(n: int) -> str:
+    """N bytes for a message where the exact count matters: '1.5 GiB (1610612736 bytes)'."""
+    return f"{n} bytes" if n < 1024 else f"{human_size(n)} ({n} bytes)"
+
+
+def human_rate(bytes_per_s: float) -> str:
+    """A rate as people read it: '310 MiB/s'."""
+    return f"{human_size(int(bytes_per_s))}/s"
+
+
+def human_duration(seconds: float) -> str:
+    """SECONDS as people read them: '0.4 s', '42 s', '3 min 05 s', '2 h 07 min'."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"

@@ -1,7 +1,8 @@
 """Start-up settings of the plugin, given as nbdkit key=value parameters.
 
     export=NAME=PATH   repeatable: serve PATH (block device or image file) as export NAME
-    control=PATH       the control socket (required)
+    control=PATH       the control socket (this or control-fd is required)
+    control-fd=N       a listening control socket passed in by socket activation, instead
     side-memory=SIZE   side store memory before spilling (default 256M)
     side-dir=DIR       where the spill file goes (default: the system temp dir)
     spill-keep=SIZE    cut the spill file back to SIZE after a session (default: keep it whole)
@@ -51,6 +52,7 @@ class PluginConfig:
     def __init__(self) -> None:
         self.exports: list[tuple[str, str]] = []
         self.control: str | None = None
+        self.control_fd: int | None = None
         self.side_memory = DEFAULT_SIDE_MEMORY
         self.side_dir = tempfile.gettempdir()
         self.spill_keep: int | None = None
@@ -66,6 +68,10 @@ class PluginConfig:
             self.exports.append((name, path))
         elif key == "control":
             self.control = os.path.abspath(value)
+        elif key == "control-fd":
+            if not value.isdigit():
+                raise ConfigError(f"control-fd {value!r}: not a file descriptor")
+            self.control_fd = int(value)
         elif key == "side-memory":
             self.side_memory = parse_size(value, "side-memory")
         elif key == "side-dir":
@@ -81,13 +87,13 @@ class PluginConfig:
                 raise ConfigError(f"nbd-port {value!r}: not a TCP port")
             self.nbd_port = int(value)
         else:
-            raise ConfigError(f"unknown parameter {key!r} (expected export, control, side-memory, side-dir, "
-                              "spill-keep, chunk, nbd-socket, nbd-port)")
+            raise ConfigError(f"unknown parameter {key!r} (expected export, control, control-fd, side-memory, "
+                              "side-dir, spill-keep, chunk, nbd-socket, nbd-port)")
 
     def validate(self) -> None:
         if not self.exports:
             raise ConfigError("no exports: give at least one export=NAME=PATH")
-        if not self.control:
+        if not self.control and self.control_fd is None:
             raise ConfigError("no control socket: give control=PATH")
         if not (MIN_CHUNK <= self.chunk <= MAX_CHUNK) or self.chunk & (self.chunk - 1):
             raise ConfigError(f"chunk {self.chunk}: must be a power of two from 4K to 16M")

@@ -30,9 +30,12 @@ class Connection:
 
 
 class ControlServer:
-    def __init__(self, path: str, subsystem: Subsystem) -> None:
-        # set at start-up, never changed
-        self.path = os.path.abspath(path)
+    def __init__(self, path: str | None, subsystem: Subsystem, fd: int | None = None) -> None:
+        """Serve the control socket at PATH, or the listening socket FD that socket activation
+        passed in (its file is then the activator's: never removed here)."""
+        # set at start-up, never changed (path: by bind(), when FD is given)
+        self.path = os.path.abspath(path) if path else ""
+        self.fd = fd
         self.subsystem = subsystem
         self._stopping = threading.Event()  # set by stop(), on nbdkit's main thread
         # nbdkit's main thread: made by bind() before start(), closed by stop() (the accept loop then ends)
@@ -40,6 +43,16 @@ class ControlServer:
 
     def bind(self) -> None:
         """Create the socket now, so start-up fails loudly if it cannot be had."""
+        if self.fd is not None:
+            try:
+                sock = socket.socket(fileno=self.fd)
+                self.path = sock.getsockname()
+            except OSError as e:
+                raise ControlSocketError(f"control socket (file descriptor {self.fd}): {e.strerror}") from None
+            if sock.family != socket.AF_UNIX or not isinstance(self.path, str):
+                raise ControlSocketError(f"control socket (file descriptor {self.fd}): not a unix socket")
+            self._listener = sock
+            return
         self._remove_stale()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # the socket is born 0600: no window where others could connect
@@ -77,10 +90,11 @@ class ControlServer:
         self._stopping.set()
         if self._listener is not None:
             self._listener.close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        if self.fd is None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
 
     def _accept_loop(self) -> None:
         listener = self._listener

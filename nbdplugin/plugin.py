@@ -100,8 +100,7 @@ def get_ready() -> None:
     elif _config.nbd_port:
         nbd = {"port": _config.nbd_port}
     subsystem = Subsystem(devices, _config.chunk, _config.side_memory, _config.side_dir, nbd, _config.spill_keep)
-    assert _config.control is not None, "config_complete checked it"
-    server = ControlServer(_config.control, subsystem)
+    server = ControlServer(_config.control, subsystem, _config.control_fd)
     server.bind()
     _state.update({"subsystem": subsystem, "server": server})
 

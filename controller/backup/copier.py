@@ -34,6 +34,7 @@ import nbd
 from backupformat import StreamWriter
 from common.fileio import Buffer
 from common.protocol import ranges_of
+from common.units import human_size
 from controller.backup.group import ConsistencyGroup, Member
 from controller.backup.layout import Piece, pieces
 from controller.backup.ledger import Ledger
@@ -91,15 +92,15 @@ class Copier(PressureRelief):
     loop alone touches its state, but for `published` (read by the heartbeat thread)."""
 
     def __init__(self, group: ConsistencyGroup, plan: Plan, writer: StreamWriter, chunk_size: int,
-                 host_memory: int, spill_dir: str | None = None, progress: Callable[[int], None] | None = None,
-                 local: bool = True):
+                 host_memory: int, spill_dir: str | None = None,
+                 progress: Callable[[int, str], None] | None = None, local: bool = True):
         # Set at start, never changed.
         self.group = group
         self.plan = plan
         self.writer = writer
         self.chunk = chunk_size
         self.local = local  # read views straight from the device where possible (local_read.py)
-        self.progress = progress or (lambda done: None)
+        self.progress = progress or (lambda done, dataset: None)  # bytes of the stream done, the dataset
         # Copy loop only. Of these, request_bytes never changes, and readers and scheduler are
         # set once, by run(), when the views are open.
         self.ledger = Ledger(chunk_size, plan.claims())
@@ -123,6 +124,7 @@ class Copier(PressureRelief):
         # whole (a reference swap) now and then, never changed once published.
         self.published: CopierStats = self._snapshot()
         self._published_at = 0.0  # copy loop only
+        self._slow_seen = (0, 0)  # copy loop only: chunks fetched under pressure, bytes spilled, at slow_reason()
 
     def run(self) -> CopierStats:
         """Copy everything; returns the counters. SessionAborted if a view read fails."""
@@ -268,7 +270,7 @@ class Copier(PressureRelief):
         lo, n = first.physical - read.physical, end - first.physical
         self.records.add(first.dataset, first.logical, read.bytes_at(lo, n), read, lo)
         self._done_bytes += n
-        self.progress(self._done_bytes)
+        self.progress(self._done_bytes, self.plan.datasets[first.dataset].name)
 
     def _emit(self, piece: Piece, data: Buffer | None, source: Read | None = None, at: int = 0) -> None:
         """Add PIECE's DATA (None when all zero) to the stream; SOURCE/AT: see RecordAssembler.add."""
@@ -278,7 +280,21 @@ class Copier(PressureRelief):
         else:
             self.records.add(piece.dataset, piece.logical, data, source, at)
         self._done_bytes += piece.length
-        self.progress(self._done_bytes)
+        self.progress(self._done_bytes, self.plan.datasets[piece.dataset].name)
+
+    def slow_reason(self) -> str | None:
+        """What slowed the copy since the last call, as the progress display says it: side-store
+        pressure had saved chunks fetched out of order, or chunks waited in the reorder spill file.
+        Copy loop only (the progress display draws from it)."""
+        fetched, spilled = self.stats["chunks_opportunistic"], self.buffer.spilled_bytes
+        was_fetched, was_spilled = self._slow_seen
+        self._slow_seen = (fetched, spilled)
+        said = []
+        if fetched > was_fetched or any(m.pressure for m in self.group.members):
+            said.append("side store under pressure: saved chunks fetched first")
+        if spilled > was_spilled:
+            said.append(f"spilling to the reorder file ({human_size(spilled)} so far)")
+        return "; ".join(said) or None
 
     # --- release ----------------------------------------------------------------
 

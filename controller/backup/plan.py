@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import nbd
 
+from common.units import exact_size
 from controller.backup.dataspec import DatasetSpec
 from controller.backup.group import Member, Tracks
 from controller.backup.layout import Dataset, Layout, Linear, Striped, overlaps
@@ -107,7 +108,7 @@ def _layout(spec: DatasetSpec, sizes: dict[str, int], owner: dict[str, Member]) 
     if spec.kind == "range":
         if spec.start + spec.length > sizes[export]:
             raise UsageError(f"dataset {spec.name!r}: bytes {spec.start} to {spec.start + spec.length} "
-                             f"are beyond export {export!r} ({sizes[export]} bytes)")
+                             f"are beyond export {export!r} ({exact_size(sizes[export])})")
         return Linear([(export, spec.start, spec.length)]), None
     if spec.kind == "concat":
         return Linear([(e, 0, sizes[e]) for e in spec.exports]), None

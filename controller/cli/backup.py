@@ -9,18 +9,23 @@ import time
 
 from backupformat import Dataset as StreamDataset
 from backupformat import Header, StreamWriter, parse_compression
+from common.units import human_duration, human_size
 from controller import __version__
 from controller.backup.copier import Copier, CopierStats, pool_shape
 from controller.backup.dataspec import parse_dataset
-from controller.backup.group import DEFAULT_DEADLINE_MS, DEFAULT_LEASE_MS, ConsistencyGroup, TimeZero
+from controller.backup.group import ConsistencyGroup, TimeZero
 from controller.backup.layout import Dataset, Striped
 from controller.backup.output import BackupOutput
 from controller.backup.plan import Plan, make_plan
-from controller.cli.args import Subparsers, parse_size
+from controller.cli import progress
+from controller.cli.args import Subparsers, command, parse_duration, parse_size, setting
 from controller.cli.progress import Progress
 from controller.errors import SubsystemError, TzeroError, UsageError
+from controller.progress import TimedWrites, WaitClock, reasons
 
 DEFAULT_HOST_MEMORY = "256M"
+MAX_LABEL = 64
+MAX_NOTE = 1000
 
 
 class CopySummary(CopierStats):
@@ -31,6 +36,8 @@ class CopySummary(CopierStats):
     pause_ms_by_export: dict[str, float]
     pause_wall_ms: float
     datasets: list[str]
+    label: str | None
+    note: str | None
     bytes: int
     records: int
     data_bytes: int
@@ -45,44 +52,76 @@ class Summary(CopySummary):
     elapsed_s: float
 
 
+DESCRIPTION = """\
+Take a time-zero backup: open a session on every subsystem given, hold application
+writes on all their exports at once (for milliseconds, at most --freeze-deadline),
+note what to copy, let the writes go on, then copy every dataset in the order given
+while copy-before-write keeps each chunk's time-zero content until it is copied. The
+backup equals, bit for bit, what every dataset held at that one instant, or the
+command fails and writes nothing.
+
+The backup goes to -o FILE (written as FILE.partial, renamed once complete and synced)
+or to standard output (-o -). Chunks fetched ahead of their place wait in --host-memory,
+then in a spill file in --spill-dir (default $TMPDIR or /tmp, which may be RAM: give a
+disk with room for the side stores' worth of chunks when applications write a lot).
+Dataset specs: docs/datasets.md."""
+
+EXAMPLES = (
+    ("tzero backup -s /run/s1.ctl -o nightly.tzb", "every export of one subsystem, whole"),
+    ("tzero backup -s /run/s1.ctl -s /run/s2.ctl -o - --label nightly | ssh tape 'cat > /tape/n.tzb'",
+     "one time zero across two subsystems, down a pipe"),
+    ("tzero backup -s /run/s1.ctl -o vol.tzb --compress zstd --dataset boot=vm1:p1 "
+     "--dataset vol=stripe:64K:disk1,disk2", "a partition and a striped volume, compressed"),
+)
+
+
 def register(subparsers: Subparsers) -> None:
-    p = subparsers.add_parser("backup", help="take a time-zero backup of live exports")
-    p.add_argument("-s", "--subsystem", dest="controls", action="append", required=True, metavar="CTL",
-                   help="control socket of a storage subsystem (repeat for several; order is stream order)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="backup file, or - for standard output")
-    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--host-memory", default=DEFAULT_HOST_MEMORY, metavar="SIZE",
-                   help="bound on chunks held in memory by the controller (default 256M)")
-    p.add_argument("--spill-dir", metavar="DIR", help="where chunks beyond --host-memory wait (default: TMPDIR)")
-    p.add_argument("--freeze-deadline", default=DEFAULT_DEADLINE_MS, type=int, metavar="MS",
-                   help="longest time writes may be held (default 2000)")
-    p.add_argument("--lease", default=DEFAULT_LEASE_MS, type=int, metavar="MS",
-                   help="subsystems end the session after this long without word (default 30000)")
+    p = command(subparsers, "backup", summary="take a time-zero backup of live exports",
+                description=DESCRIPTION, examples=EXAMPLES)
+    setting(p, "-s", "--subsystem", key="subsystems", dest="controls", default=None, is_list=True, metavar="CTL",
+            help="control socket of a storage subsystem (repeat for several; their order is the stream's)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the backup file, or - for standard output")
     p.add_argument("--dataset", dest="datasets", action="append", metavar="NAME=SPEC",
                    help="a dataset to back up (repeat; order is stream order): EXPORT, EXPORT:START-END, "
                         "EXPORT:START+LENGTH, EXPORT:pN, concat:E1,E2,..., stripe:CHUNK:E1,E2,... "
                         "(default: every export whole); see docs/datasets.md")
-    p.add_argument("--compress", metavar="zstd[:LEVEL]", default="none",
-                   help="store records compressed with Zstandard (level 1-22, default 3) when it pays")
-    p.add_argument("--read-path", choices=("auto", "nbd"), default="auto",
-                   help="auto: read each view straight from its device when this host serves it, "
-                        "else over NBD (default); nbd: always over NBD")
+    p.add_argument("--label", metavar="TEXT", help="a short name stored in the backup, shown by tzero ls")
+    p.add_argument("--note", metavar="TEXT", help="a free text stored in the backup, shown by tzero ls")
+    setting(p, "--compress", key="compress", default="none", metavar="none|zstd[:LEVEL]",
+            help="store records compressed with Zstandard (level 1-22, 3 when not given) when it pays")
+    setting(p, "--host-memory", key="host-memory", default=DEFAULT_HOST_MEMORY, metavar="SIZE",
+            help="memory for read buffers and chunks waiting for their place in the stream")
+    setting(p, "--spill-dir", key="spill-dir", default=None, metavar="DIR",
+            shown_default="$TMPDIR, else /tmp", help="where chunks beyond --host-memory wait")
+    setting(p, "--freeze-deadline", key="freeze-deadline", default="2s", metavar="DURATION",
+            help="longest time application writes may be held; past it the backup fails, the writes go on")
+    setting(p, "--lease", key="lease", default="30s", metavar="DURATION",
+            help="a subsystem abandons the session after this long without word from this command")
+    setting(p, "--read-path", key="read-path", default="auto", choices=("auto", "nbd"),
+            help="auto: read each view straight from its device when this host serves it, else over NBD; "
+                 "nbd: always over NBD")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object (docs/json.md)")
     p.add_argument("--force", action="store_true", help="replace an existing backup file")
+    progress.add_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.controls:
+        raise UsageError("name at least one subsystem: -s CTL (or $TZERO_SUBSYSTEMS, or subsystems in the config file)")
     host_memory = parse_size(args.host_memory, "--host-memory")
-    if args.freeze_deadline <= 0 or args.lease <= 0:
-        raise UsageError("--freeze-deadline and --lease must be positive")
+    lease = parse_duration(args.lease, "--lease")
+    deadline = parse_duration(args.freeze_deadline, "--freeze-deadline")
+    extra = catalog_entry(args.label, args.note)
+    if args.read_path not in ("auto", "nbd"):
+        raise UsageError(f"--read-path {args.read_path!r}: choose auto or nbd")
     started = time.monotonic()
     specs = [parse_dataset(a) for a in args.datasets or []]
     try:
         args.codec, args.level = parse_compression(args.compress)
     except ValueError as e:
         raise UsageError(f"--compress {e}") from None
-    group = ConsistencyGroup(args.controls, lease_ms=args.lease, deadline_ms=args.freeze_deadline)
+    group = ConsistencyGroup(args.controls, lease_ms=lease, deadline_ms=deadline)
     output = BackupOutput(args.output, args.force)
     try:
         group.connect()
@@ -93,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         group.open(plan.tracks())
         zero = group.freeze_and_thaw()
         group.start_heartbeat()
-        summary = _copy(args, group, plan, chunk, host_memory, zero, output)
+        summary = _copy(args, group, plan, chunk, host_memory, zero, output, extra)
         stats = group.close()
         output.commit()
     except BaseException as e:
@@ -108,6 +147,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def catalog_entry(label: str | None, note: str | None) -> dict[str, str]:
+    """What --label and --note put in the header's extra; UsageError for text a listing cannot show."""
+    extra = {}
+    for flag, text, longest in (("--label", label, MAX_LABEL), ("--note", note, MAX_NOTE)):
+        if text is None:
+            continue
+        if not text.strip() or len(text) > longest or any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise UsageError(f"{flag} must be 1 to {longest} characters of printable text")
+        extra[flag[2:]] = text
+    return extra
+
+
 def _common_chunk_size(group: ConsistencyGroup) -> int:
     sizes = {m.chunk_size for m in group.members}
     if len(sizes) != 1:
@@ -117,28 +168,36 @@ def _common_chunk_size(group: ConsistencyGroup) -> int:
 
 
 def _copy(args: argparse.Namespace, group: ConsistencyGroup, plan: Plan, chunk: int, host_memory: int,
-          zero: TimeZero, output: BackupOutput) -> CopySummary:
+          zero: TimeZero, output: BackupOutput, catalog: dict[str, str]) -> CopySummary:
     time_zero = datetime.datetime.fromtimestamp(zero["time_zero"], datetime.UTC).isoformat()
     datasets = plan.datasets
     header = Header(tool_version=__version__, time_zero=time_zero, chunk_size=chunk,
                     datasets=[StreamDataset(d.name, d.size) for d in datasets],
                     extra={"pause_ms": zero["pause_ms"], "datasets": [describe(d) for d in datasets],
-                           "compression": args.compress})
-    writer = StreamWriter(output, header, args.codec, args.level)
-    progress = Progress(sum(d.size for d in datasets), enabled=not args.no_progress)
-    copier = Copier(group, plan, writer, chunk, host_memory, args.spill_dir, progress, local=args.read_path == "auto")
-    group.stats_source = lambda: copier.published
-    copied = copier.run()
-    group.check()  # a session that died during the last reads must not yield a backup
-    written = writer.finish()
-    output.flush()
-    progress.finish()
+                           "compression": args.compress, **catalog})
+    output_wait = WaitClock("waiting on the output writes")
+    writer = StreamWriter(TimedWrites(output, output_wait), header, args.codec, args.level)
+    progress = Progress(args, "backup", sum(d.size for d in datasets))
+    try:
+        copier = Copier(group, plan, writer, chunk, host_memory, args.spill_dir, progress.update,
+                        local=args.read_path == "auto")
+        progress.why_slow = reasons(copier.slow_reason, output_wait.reason)
+        group.stats_source = lambda: copier.published
+        copied = copier.run()
+        group.check()  # a session that died during the last reads must not yield a backup
+        written = writer.finish()
+        output.flush()
+        progress.finish()
+    finally:
+        progress.close()
     return {
         "time_zero": time_zero,
         "pause_ms": round(max(zero["pause_ms"].values()), 3),
         "pause_ms_by_export": {k: round(v, 3) for k, v in zero["pause_ms"].items()},
         "pause_wall_ms": round(zero["pause_wall_ms"], 3),
         "datasets": [d.name for d in datasets],
+        "label": catalog.get("label"),
+        "note": catalog.get("note"),
         "bytes": written["bytes"],
         "records": written["records"],
         "data_bytes": written["data_bytes"],
@@ -162,7 +221,18 @@ def _report(args: argparse.Namespace, summary: Summary) -> None:
     out = sys.stderr if args.output == "-" else sys.stdout
     if args.json:
         print(json.dumps(summary), file=out)
-    else:
-        print(f"backup of {', '.join(summary['datasets'])} at time zero {summary['time_zero']}: "
-              f"{summary['bytes']} bytes, writes held {summary['pause_ms']:.2f} ms, "
-              f"{summary['chunks_cow']} chunks saved by copy-before-write, {summary['elapsed_s']} s", file=out)
+        return
+    if args.quiet:
+        return
+    print(f"backup of {', '.join(summary['datasets'])} at time zero {summary['time_zero']}: "
+          f"{human_size(summary['bytes'])} written ({human_size(summary['data_bytes'])} of data) in "
+          f"{human_duration(summary['elapsed_s'])}, writes held {summary['pause_ms']:.2f} ms, "
+          f"{summary['chunks_cow']} chunks saved by copy-before-write", file=out)
+    if args.verbose:
+        for export, path in summary["read_path"].items():
+            print(f"  {export}: read {path}", file=out)
+        print(f"  chunks: {summary['chunks_in_order']} in order, {summary['chunks_ahead']} ahead, "
+              f"{summary['chunks_opportunistic']} fetched under pressure, {summary['chunks_zero']} all zero; "
+              f"{human_size(summary['spilled_bytes'])} spilled, host buffer peak "
+              f"{human_size(summary['peak_host_buffer_bytes'])}, side store peak "
+              f"{human_size(summary['side_peak_bytes'])}", file=out)

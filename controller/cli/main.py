@@ -1,46 +1,66 @@
 """The `tzero` command: argument parsing, dispatch, and the one place errors become exit codes.
 
 Each subcommand lives in its own module controller/cli/<name>.py exposing
-`register(subparsers)`, which adds its parser and sets `func(args) -> int`.
+`register(subparsers)`, which adds its parser (args.command) and sets `func(args) -> int`.
 """
 
 import argparse
 import importlib
 import sys
-from typing import NoReturn
 
 from controller import __version__
-from controller.errors import EXIT_BUG, EXIT_FAILURE, EXIT_STATUSES, EXIT_USAGE, TzeroError
+from controller.cli import settings
+from controller.cli.args import PROG, TzeroParser, epilog, global_options
+from controller.errors import EXIT_BUG, EXIT_FAILURE, TzeroError
 
 COMMANDS = ["serve", "backup", "restore", "verify", "ls", "status", "serve-backup", "attach", "detach"]
 
+DESCRIPTION = """\
+Time-zero backups of live block devices served over NBD.
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"tzero: {message}\n")
+A storage subsystem (`tzero serve`) serves block devices or image files as NBD exports
+to applications; `tzero backup` takes, across one or more subsystems, a backup that
+equals what every export held at one instant, while the applications keep writing
+(they are held for milliseconds). The other commands read, check, list, restore and
+serve backups. Every command has its own --help and man page (tzero-COMMAND(1)).
+
+Sizes are a number with an optional unit K, M, G, T (powers of 1024; B or iB may
+follow): 64K, 512MiB, 1.5G. Durations are a number with ms, s, m or h (none: ms).
+Options marked with $TZERO_... may also be set in the environment or in the config
+file (/etc/tzero.conf or $TZERO_CONFIG); the command line wins."""
+
+EXAMPLES = (
+    ("tzero serve --control /run/s1.ctl --socket /run/s1.sock vm1=/dev/vg/vm1",
+     "serve a logical volume as export vm1 (in the foreground)"),
+    ("tzero backup -s /run/s1.ctl -o nightly.tzb", "back up every export of that subsystem"),
+    ("tzero restore nightly.tzb --to /srv/restored", "restore every dataset as /srv/restored/NAME.img"),
+)
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> TzeroParser:
     """The parser with every subcommand, or with ONLY that one: each command imports what it
     needs (libnbd, pyroute2, ...), which is slow in a VM guest, so a call pays for its own."""
-    parser = _Parser(prog="tzero", description="Time-zero backups of live NBD exports.",
-                     epilog=exit_status_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = TzeroParser(prog=PROG, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog=epilog(EXAMPLES), summary="time-zero backups of live block devices served over NBD",
+                         examples=EXAMPLES)
     parser.add_argument("--version", action="version", version=f"tzero {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    global_options(parser, on_command=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=TzeroParser,
+                                title="commands")
     for name in [only] if only else COMMANDS:
         importlib.import_module(f"controller.cli.{name.replace('-', '_')}").register(sub)
     return parser
 
 
-def exit_status_text() -> str:
-    """The exit statuses, as every --help shows them."""
-    return "exit status:\n" + "\n".join(f"  {code:<3} {meaning}" for code, meaning in EXIT_STATUSES.items())
-
-
 def _command_in(argv: list[str]) -> str | None:
-    words = [a for a in argv if not a.startswith("-")]
-    return words[0] if words and words[0] in COMMANDS else None
+    """The command ARGV names: its first word that is neither an option nor --config's value."""
+    words = iter(argv)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     try:
+        settings.apply(args, args.parser, COMMANDS)
         return int(args.func(args))
     except TzeroError as e:
         if args.debug:

@@ -1,33 +1,55 @@
-"""`tzero restore OUT --to DIR` and `tzero restore OUT --dataset NAME --to TARGET`."""
+"""`tzero restore BACKUP --to DIR` and `tzero restore BACKUP --dataset NAME --to TARGET`."""
 
 import argparse
+import json
 import os
+import time
 
-from controller.cli.args import Subparsers
+from common.units import human_duration, human_size
+from controller.cli import progress
+from controller.cli.args import Subparsers, command
+from controller.cli.progress import Progress
 from controller.errors import UsageError
+from controller.progress import WaitClock
 from controller.restore.restore import restore
 from controller.restore.targets import is_nbd_uri, open_target, plan_directory
 from controller.restore.verify import backup_label, opened_backup
 
+DESCRIPTION = """\
+Restore datasets from a backup. Without --dataset, write DIR/NAME.img (raw, sparse,
+of the dataset's exact size) for every dataset. With --dataset NAME, restore that one
+onto a file, a directory (DIR/NAME.img), a block device or an NBD URI such as
+'nbd+unix:///NAME?socket=SOCK' (quote it: ? is a shell pattern); a device or export
+must be at least as large as the dataset, and its bytes beyond the dataset are left
+alone.
+
+The whole backup is read once and verified as it goes; files appear under their names
+only once it has all verified (until then they are NAME.img.partial). A device or an
+export is written in place: a failure midway says that it is incomplete. An unknown
+dataset NAME is a usage error (exit 2)."""
+
+EXAMPLES = (
+    ("tzero restore nightly.tzb --to /srv/restored", "every dataset as /srv/restored/NAME.img"),
+    ("tzero restore nightly.tzb --dataset db --to /dev/vg/db", "one dataset onto a block device"),
+    ("ssh tape cat /tape/n.tzb | tzero restore - --dataset vm1 --to 'nbd+unix:///vm1?socket=/run/s1.sock'",
+     "one dataset from a pipe onto a live NBD export"),
+)
+
 
 def register(subparsers: Subparsers) -> None:
-    p = subparsers.add_parser(
-        "restore", help="restore datasets from a backup",
-        description="Without --dataset, write DIR/NAME.img (raw, sparse, exact size) for every "
-                    "dataset. With --dataset NAME, restore that one onto a file, a directory "
-                    "(DIR/NAME.img), a block device or an NBD URI such as "
-                    "nbd+unix:///NAME?socket=SOCK; a device or export must be at least as "
-                    "large as the dataset, and its bytes beyond the dataset are left alone. "
-                    "Files appear only once the whole backup has verified. An unknown "
-                    "dataset NAME is a usage error (exit 2).")
-    p.add_argument("backup", metavar="OUT", help="the backup file, or - for stdin")
+    p = command(subparsers, "restore", summary="restore datasets from a backup", description=DESCRIPTION,
+                examples=EXAMPLES)
+    p.add_argument("backup", metavar="BACKUP", help="the backup file, or - for standard input")
     p.add_argument("--to", required=True, metavar="DIR|PATH|NBD-URI", help="where to restore")
     p.add_argument("--dataset", metavar="NAME", help="restore only this dataset")
     p.add_argument("--force", action="store_true", help="replace existing image files")
+    p.add_argument("--json", action="store_true", help="print one JSON object when done (docs/json.md)")
+    progress.add_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
     label = backup_label(args.backup)
     if args.dataset is None and (is_nbd_uri(args.to) or
                                  (os.path.exists(args.to) and not os.path.isdir(args.to))):
@@ -45,7 +67,23 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"{label} has no dataset {args.dataset!r}; "
                                  f"it holds {names}") from None
             plan = {index: open_target(args.to, header.datasets[index], args.force)}
-        targets = restore(reader, label, plan)
-    for t in targets:
-        print(f"restored {t.dataset.name!r} ({t.dataset.size} bytes) to {t.label}")
+        shown = Progress(args, "restore", sum(d.size for d in header.datasets))
+        wait = WaitClock("waiting on the target writes")
+        shown.why_slow = wait.reason
+        try:
+            targets = restore(reader, label, plan, shown.update, wait)
+            shown.finish()
+        finally:
+            shown.close()
+    if args.json:
+        print(json.dumps({"backup": label, "time_zero": header.time_zero,
+                          "datasets": [{"name": t.dataset.name, "size": t.dataset.size, "target": t.label}
+                                       for t in targets],
+                          "elapsed_s": round(time.monotonic() - started, 3)}))
+    elif not args.quiet:
+        for t in targets:
+            print(f"restored {t.dataset.name!r} ({human_size(t.dataset.size)}) to {t.label}")
+        if args.verbose:
+            print(f"backup {label} of time zero {header.time_zero} verified, "
+                  f"{human_duration(time.monotonic() - started)}")
     return 0

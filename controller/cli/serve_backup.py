@@ -9,8 +9,10 @@ SIGTERM or SIGINT stops it and removes the socket and the pidfile.
 
 import argparse
 import os
+import shlex
 
-from controller.cli.args import Subparsers
+from common.units import human_size
+from controller.cli.args import Subparsers, command
 from controller.errors import UsageError
 from controller.nbd.nbdkit_runner import PLUGIN_DIR, listen_args, require_nbdkit, run_nbdkit, serves_nbd
 from controller.restore.verify import opened_backup
@@ -18,13 +20,25 @@ from controller.restore.verify import opened_backup
 PLUGIN = os.path.join(PLUGIN_DIR, "backup_plugin.py")
 
 
+DESCRIPTION = """\
+Serve every dataset of BACKUP as a read-only NBD export named after it, such as
+'nbd+unix:///NAME?socket=SOCK', reading records through the backup's index: qemu-img,
+nbdcopy, nbdinfo, guestfish or a kernel /dev/nbdN (tzero attach --read-only) read a
+backup in place, without restoring it. Bytes no record holds read as zeros and are
+reported as holes. Runs in the foreground until SIGTERM or SIGINT; prints 'ready' and
+the URI of every export once the socket serves."""
+
+EXAMPLES = (
+    ("tzero serve-backup nightly.tzb --socket /run/b.sock", "serve a backup's datasets"),
+    ("nbdcopy 'nbd+unix:///db?socket=/run/b.sock' db.raw", "then copy one dataset out of it"),
+    ("qemu-img convert -O qcow2 'nbd+unix:///vm1?socket=/run/b.sock' vm1.qcow2", "or convert one to qcow2"),
+)
+
+
 def register(subparsers: Subparsers) -> None:
-    p = subparsers.add_parser(
-        "serve-backup", help="serve a backup read-only over NBD, one export per dataset",
-        description="Serve every dataset of BACKUP as a read-only NBD export named after it, "
-                    "e.g. nbd+unix:///NAME?socket=SOCK, reading records through the backup's index. "
-                    "Bytes no record holds read as zeros and are reported as holes.")
-    p.add_argument("backup", metavar="BACKUP", help="a backup file (seekable; not stdin)")
+    p = command(subparsers, "serve-backup", summary="serve a backup read-only over NBD, one export per dataset",
+                description=DESCRIPTION, examples=EXAMPLES)
+    p.add_argument("backup", metavar="BACKUP", help="a backup file (seekable; not standard input)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--socket", metavar="SOCK", help="NBD unix socket (default ./tzero-backup.sock)")
     where.add_argument("--port", type=int, metavar="PORT", help="NBD TCP port on loopback instead of a unix socket")
@@ -32,8 +46,8 @@ def register(subparsers: Subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _check(args: argparse.Namespace) -> None:
-    """Everything that can be wrong before nbdkit starts, as one line."""
+def _check(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """Everything that can be wrong before nbdkit starts, as one line; the datasets (name, size)."""
     require_nbdkit()
     if args.backup == "-":
         raise UsageError("serve-backup needs a backup file it can seek in, not standard input")
@@ -41,11 +55,17 @@ def _check(args: argparse.Namespace) -> None:
         reader.read_index()
         if not reader.header.datasets:
             raise UsageError(f"{args.backup} holds no datasets to serve")
+        return [(d.name, d.size) for d in reader.header.datasets]
 
 
 def run(args: argparse.Namespace) -> int:
-    _check(args)
+    datasets = _check(args)
     sock = None if args.port else os.path.abspath(args.socket or "tzero-backup.sock")
-    cmd = ["nbdkit", "-f", "-r", "--exit-with-parent", *listen_args(sock, args.port), "python", PLUGIN,
-           f"backup={os.path.abspath(args.backup)}"]
-    return run_nbdkit(cmd, lambda: serves_nbd(sock, args.port), args.pidfile, [sock])
+    cmd = ["nbdkit", "-f", "-r", "--exit-with-parent", *(["-v"] if args.verbose else []),
+           *listen_args(sock, args.port), "python", PLUGIN, f"backup={os.path.abspath(args.backup)}"]
+    lines = [f"tzero serve-backup: ready; serving {args.backup}"]
+    for name, size in datasets:
+        uri = f"nbd+unix:///{name}?socket={sock}" if sock else f"nbd://127.0.0.1:{args.port}/{name}"
+        lines.append(f"  dataset {name}: {shlex.quote(uri)}  ({human_size(size)}, read-only)")
+    return run_nbdkit(cmd, lambda: serves_nbd(sock, args.port), args.pidfile, [sock], announce="\n".join(lines),
+                      verbose=args.verbose)

@@ -3,14 +3,27 @@
 import argparse
 import json
 
+from common.units import human_rate, human_size
 from controller.backup.control_client import ControlClient, JsonObject
-from controller.cli.args import Subparsers
+from controller.cli.args import Subparsers, command
+
+DESCRIPTION = """\
+Ask a storage subsystem, through its control socket, what it serves and what it is
+doing: its exports and their sizes, the chunk size, the side store's memory and spill
+file, and the session in progress (phase, chunks copied, saved and pending, side store
+use and pressure, copy rate, the copier's counters) or how the last one ended."""
+
+EXAMPLES = (
+    ("tzero status /run/s1.ctl", "what subsystem s1 is doing"),
+    ("tzero status /run/s1.ctl --json | jq .session.phase", "the phase of its session, for a script"),
+)
 
 
 def register(subparsers: Subparsers) -> None:
-    p = subparsers.add_parser("status", help="show a storage subsystem's session state")
+    p = command(subparsers, "status", summary="show a storage subsystem's exports and session",
+                description=DESCRIPTION, examples=EXAMPLES)
     p.add_argument("control", metavar="CTL", help="control socket of the subsystem")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one JSON object (docs/json.md)")
     p.set_defaults(func=run)
 
 
@@ -29,10 +42,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_status(where: str, status: JsonObject) -> str:
-    lines = [f"subsystem {where}: chunk {status['chunk_size'] >> 10} KiB, side memory {status['side_memory'] >> 20} MiB"
-             f", spill file {status['spill_file_bytes'] >> 20} MiB"]
+    lines = [f"subsystem {where}: chunk {human_size(status['chunk_size'])}, side memory "
+             f"{human_size(status['side_memory'])}, spill file {human_size(status['spill_file_bytes'])}"]
     for e in status["exports"]:
-        lines.append(f"  export {e['name']}: {e['size']} bytes")
+        lines.append(f"  export {e['name']}: {human_size(e['size'])}")
     s = status["session"]
     if s is None:
         last = status.get("last_session")
@@ -45,13 +58,14 @@ def format_status(where: str, status: JsonObject) -> str:
             untracked = f", {counts['untracked']} untracked" if counts.get("untracked") else ""
             lines.append(f"    {name}: {counts['done']} copied, {counts['saved']} saved, "
                          f"{counts['pending']} pending chunks{untracked}")
-    lines.append(f"    side store: {s['side_memory_bytes']} bytes in memory, {s['side_spill_bytes']} spilled"
-                 f" (peak {s['side_peak_bytes']}){', under pressure' if s['pressure'] else ''}")
-    lines.append(f"    copy-before-write: {s['chunks_cow']} chunks; copied {s['released_bytes'] >> 20} MiB"
-                 f" at {s['rate_bytes_per_s'] / (1 << 20):.1f} MiB/s")
+    lines.append(f"    side store: {human_size(s['side_memory_bytes'])} in memory, "
+                 f"{human_size(s['side_spill_bytes'])} spilled (peak {human_size(s['side_peak_bytes'])})"
+                 f"{', under pressure' if s['pressure'] else ''}")
+    lines.append(f"    copy-before-write: {s['chunks_cow']} chunks; copied {human_size(s['released_bytes'])}"
+                 f" at {human_rate(s['rate_bytes_per_s'])}")
     c = s.get("copier")
     if c:
         lines.append(f"    copier: {c['chunks_in_order']} chunks in order, {c['chunks_ahead']} ahead of order, "
-                     f"{c['chunks_opportunistic']} opportunistically; {c['spilled_bytes']} bytes spilled, "
-                     f"host buffer peak {c['peak_host_buffer_bytes']}")
+                     f"{c['chunks_opportunistic']} opportunistically; {human_size(c['spilled_bytes'])} spilled, "
+                     f"host buffer peak {human_size(c['peak_host_buffer_bytes'])}")
     return "\n".join(lines)

@@ -1,9 +1,10 @@
 """Running nbdkit in the foreground for `tzero serve` and `tzero serve-backup`.
 
-One supervision for both: start nbdkit, write the pidfile only once it is ready,
-forward SIGTERM/SIGINT, kill it if it does not stop in time (nbdkit 1.32 waits
-forever for an idle client after SIGTERM), and remove the sockets and pidfile
-it leaves behind.
+One supervision for both: start nbdkit, pass its messages on as log lines
+(nbdkit_log.py), and once it is ready write the pidfile, print what it serves and
+tell systemd (READY=1); forward SIGTERM/SIGINT (STOPPING=1), kill it if it does
+not stop in time (nbdkit 1.32 waits forever for an idle client after SIGTERM),
+and remove the sockets and pidfile it leaves behind.
 """
 
 import os
@@ -11,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -19,7 +19,9 @@ from types import FrameType
 import nbd
 
 import nbdplugin
+from controller import service
 from controller.errors import TzeroError, UsageError
+from controller.nbd import nbdkit_log
 
 # nbdkit runs the plugin files themselves (in its embedded interpreter): found beside the
 # nbdplugin package, never imported here.
@@ -45,32 +47,51 @@ def listen_args(nbd_socket: str | None, port: int | None) -> list[str]:
     return ["-i", "127.0.0.1", "-p", str(port)]
 
 
-def run_nbdkit(cmd: list[str], ready: Callable[[], bool], pidfile: str | None, leftovers: list[str | None]) -> int:
-    """Run CMD until it exits or we are asked to stop; READY() says when it serves.
+def run_nbdkit(cmd: list[str], ready: Callable[[], bool], pidfile: str | None, leftovers: list[str | None],
+               announce: str = "", verbose: bool = False, env: dict[str, str] | None = None,
+               pass_fds: tuple[int, ...] = ()) -> int:
+    """Run CMD until it exits or we are asked to stop; READY() says when it serves, and then
+    ANNOUNCE (what it serves, one item a line) is printed. ENV and PASS_FDS go to nbdkit.
     Returns 0 when stopped by a signal, else raises TzeroError on a non-zero exit."""
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, errors="replace", env=env, pass_fds=pass_fds)
+    assert proc.stderr is not None, "made with stderr=PIPE"
+    messages = nbdkit_log.relay(proc.stderr, verbose)
     stopping: list[int] = []
 
     def stop(signum: int, frame: FrameType | None) -> None:
+        if not stopping:
+            service.notify("STOPPING=1")
         stopping.append(signum)
         proc.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        if _wait_ready(proc, ready) and pidfile:
-            _write_pidfile(pidfile)
+        if _wait_ready(proc, ready):
+            _ready(pidfile, announce)
         status = _wait_stopped(proc, stopping)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        messages.join(STOP_TIMEOUT_S)  # nbdkit's last words, before ours
         for path in [*leftovers, pidfile]:
             if path:
                 _remove(path)
     if not stopping and status != 0:
         raise TzeroError(f"nbdkit exited with status {status}")
+    service.log("info", "stopped")
     return 0
+
+
+def _ready(pidfile: str | None, announce: str) -> None:
+    """Serving: the pidfile, the announcement on standard output, READY=1 for systemd."""
+    if pidfile:
+        _write_pidfile(pidfile)
+    if announce:
+        print(announce, flush=True)
+    first = announce.splitlines()[0] if announce else "ready"
+    service.notify(f"READY=1\nSTATUS={first}\nMAINPID={os.getpid()}")
 
 
 def accepts_unix(path: str) -> bool:
@@ -106,7 +127,7 @@ def _clear_stale_socket(path: str) -> None:
     os.unlink(path)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], ready: Callable[[], bool]) -> bool:
+def _wait_ready(proc: subprocess.Popen[str], ready: Callable[[], bool]) -> bool:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -115,11 +136,11 @@ def _wait_ready(proc: subprocess.Popen[bytes], ready: Callable[[], bool]) -> boo
             return True
         time.sleep(0.05)
     proc.terminate()
-    print("tzero: nbdkit did not become ready in time", file=sys.stderr)
+    service.log("error", f"nbdkit did not become ready within {READY_TIMEOUT_S:g} s")
     return False
 
 
-def _wait_stopped(proc: subprocess.Popen[bytes], stopping: list[int]) -> int:
+def _wait_stopped(proc: subprocess.Popen[str], stopping: list[int]) -> int:
     """nbdkit's exit status. Once asked to stop, give it STOP_TIMEOUT_S, then kill it."""
     asked_at = None
     while True:
@@ -130,8 +151,8 @@ def _wait_stopped(proc: subprocess.Popen[bytes], stopping: list[int]) -> int:
         if stopping and asked_at is None:
             asked_at = time.monotonic()
         if asked_at is not None and time.monotonic() - asked_at > STOP_TIMEOUT_S:
-            print(f"tzero: nbdkit did not stop within {STOP_TIMEOUT_S:g} s of SIGTERM "
-                  "(a client still connected?); killing it", file=sys.stderr)
+            service.log("warning", f"nbdkit did not stop within {STOP_TIMEOUT_S:g} s of SIGTERM "
+                        "(a client still connected?); killing it")
             proc.kill()
             return proc.wait()
 

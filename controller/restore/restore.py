@@ -6,24 +6,41 @@ trailer, digest) has verified is it made visible (commit); on any failure every 
 is aborted and one error says what happened to them.
 """
 
+import time
+from collections.abc import Callable
+
 from backupformat import FormatError, StreamReader
 from controller.errors import BackupFormatError, RestoreError, TzeroError
+from controller.progress import WaitClock
 from controller.restore.targets import Target, abort_all
+from controller.restore.verify import stream_positions
+
+# Told, after each record, how far through the stream's datasets it is: (bytes, dataset name).
+ProgressCallback = Callable[[int, str], None]
 
 
-def restore(reader: StreamReader, label: str, plan: dict[int, Target]) -> list[Target]:
+def restore(reader: StreamReader, label: str, plan: dict[int, Target], progress: ProgressCallback | None = None,
+            target_wait: WaitClock | None = None) -> list[Target]:
     """Write the records of every dataset in PLAN (dataset index -> target), verify
     the whole stream, then commit every target. Returns the targets in order.
+    PROGRESS is told after every record; TARGET_WAIT gets the time spent in the targets' writes.
 
     On failure every target is aborted and one error leaves: BackupFormatError
     for a damaged backup (LABEL names it), RestoreError for a target; for an
     in-place target already touched, RestoreError saying it is incomplete.
     """
+    starts = stream_positions(reader)
+    names = [d.name for d in reader.header.datasets]
+    waited = target_wait or WaitClock("")
     try:
         for rec in reader.records():
             target = plan.get(rec.dataset_index)
             if target is not None:
+                started = time.monotonic()
                 target.write(rec.offset, rec.data)
+                waited.seconds += time.monotonic() - started
+            if progress is not None:
+                progress(starts[rec.dataset_index] + rec.offset + len(rec.data), names[rec.dataset_index])
         for target in plan.values():
             target.finish()
     except BaseException as e:

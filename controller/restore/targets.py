@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
 from backupformat import Dataset, Header
 from common import blockdev
 from common.fileio import ZEROS, Buffer, fsync_dir, write_all, zero_fill
+from common.units import exact_size
 from controller.errors import RestoreError, UsageError
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ class _InPlaceTarget(ABC):
         if device_size < dataset.size:
             self.close()
             raise RestoreError(f"{label} is too small for dataset {dataset.name!r}: "
-                               f"{device_size} bytes, needs {dataset.size}")
+                               f"{exact_size(device_size)}, needs {exact_size(dataset.size)}")
 
     def write(self, offset: int, data: Buffer) -> None:
         assert offset >= self._cursor, "the reader yields records in ascending order"

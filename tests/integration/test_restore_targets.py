@@ -79,7 +79,7 @@ def test_restore_dataset_to_nbd_zeroes_gaps_keeps_beyond(nbd_export, tmp_path, c
     code, out, err = run_restore(capsys, write_backup(tmp_path / "b.tzb"), "--dataset", "b",
                                  "--to", uri)
     assert code == 0, err
-    assert out == f"restored 'b' (100000 bytes) to {uri}\n"
+    assert out == f"restored 'b' (97.7 KiB) to {uri}\n"
     data = read_back()
     assert data[:100_000] == image(1)
     assert data[100_000:] == GARBAGE * ((256 << 10) - 100_000)
@@ -108,7 +108,7 @@ def test_restore_dataset_to_too_small_nbd_refused_untouched(nbdkit, tmp_path, ca
     code, _, err = run_restore(capsys, write_backup(tmp_path / "b.tzb"), "--dataset", "a",
                                "--to", uri)
     assert code == 1
-    assert err == f"tzero: {uri} is too small for dataset 'a': 65536 bytes, needs 262144\n"
+    assert err == f"tzero: {uri} is too small for dataset 'a': 64 KiB (65536 bytes), needs 256 KiB (262144 bytes)\n"
     assert read_back() == GARBAGE * (64 << 10)
 
 

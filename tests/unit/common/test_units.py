@@ -2,7 +2,7 @@
 
 import pytest
 
-from common.units import human_size, parse_size
+from common.units import human_duration, human_rate, human_size, parse_duration, parse_size
 
 
 @pytest.mark.parametrize("text, value", [
@@ -25,3 +25,28 @@ def test_units_parse_size_refuses_non_sizes_naming_them(text):
 ])
 def test_units_human_size_reads_as_people_write_it(n, text):
     assert human_size(n) == text
+
+
+@pytest.mark.parametrize("text, ms", [
+    ("2000", 2000), ("500ms", 500), ("2s", 2000), ("1.5s", 1500), ("1m", 60_000), ("2h", 7_200_000),
+    (" 30 S ", 30_000), ("1.4", 1), ("250MS", 250),
+])
+def test_units_parse_duration_accepts_what_users_type_plain_numbers_are_milliseconds(text, ms):
+    assert parse_duration(text) == ms
+
+
+@pytest.mark.parametrize("text", ["", "s", "-1s", "0", "0ms", "0.0001s", "0.4", "2 days", "1e3", "5sec"])
+def test_units_parse_duration_refuses_non_durations_naming_them(text):
+    with pytest.raises(ValueError, match="--lease: "):
+        parse_duration(text, "--lease")
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (0.42, "0.4 s"), (9.94, "9.9 s"), (42.4, "42 s"), (185, "3 min 05 s"), (7620, "2 h 07 min"),
+])
+def test_units_human_duration_reads_as_people_say_it(seconds, text):
+    assert human_duration(seconds) == text
+
+
+def test_units_human_rate_is_a_human_size_per_second():
+    assert human_rate(310.4 * (1 << 20)) == "310 MiB/s"

@@ -17,7 +17,7 @@ def test_status_shows_untracked_chunks_and_the_copier_policy_at_work():
     text = format_status("s.ctl", STATUS)
     assert "side memory 256 MiB, spill file 96 MiB" in text
     assert "q: 4 copied, 1 saved, 3 pending chunks, 8 untracked" in text
-    assert "copier: 7 chunks in order, 5 ahead of order, 2 opportunistically; 4096 bytes spilled" in text
+    assert "copier: 7 chunks in order, 5 ahead of order, 2 opportunistically; 4 KiB spilled" in text
 
 
 def test_status_before_the_copier_reported_leaves_its_line_out():

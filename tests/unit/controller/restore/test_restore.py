@@ -123,7 +123,7 @@ def test_restore_to_nbd_uri_without_dataset_is_usage_error(tmp_path, capsys):
 def test_restore_dataset_to_new_file(tmp_path, capsys):
     code, out, _ = run_restore(capsys, write_backup(tmp_path / "b.tzb"), "--dataset", "b",
                                "--to", tmp_path / "b.raw")
-    assert code == 0 and out == f"restored 'b' (100000 bytes) to {tmp_path / 'b.raw'}\n"
+    assert code == 0 and out == f"restored 'b' (97.7 KiB) to {tmp_path / 'b.raw'}\n"
     assert (tmp_path / "b.raw").read_bytes() == image(1)
     assert sorted(os.listdir(tmp_path)) == ["b.raw", "b.tzb"]
 
@@ -186,7 +186,8 @@ def test_device_target_too_small_refused(tmp_path, capsys):
     dev = tmp_path / "dev"
     dev.write_bytes(b"")
     fd = os.open(dev, os.O_WRONLY)
-    with pytest.raises(RestoreError, match="too small for dataset 'a': 4096 bytes, needs 262144"):
+    too_small = r"too small for dataset .a.: 4 KiB \(4096 bytes\), needs 256 KiB \(262144 bytes\)"
+    with pytest.raises(RestoreError, match=too_small):
         DeviceTarget(fd, str(dev), 4096, Dataset("a", 262144))
     with pytest.raises(OSError):
         os.close(fd)  # the refused target closed it
