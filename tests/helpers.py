@@ -110,3 +110,11 @@ class BackupServer:
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(30)
+
+
+def documented_fields(section: str) -> set[str]:
+    """The field names docs/json.md lists in the table under '## SECTION'."""
+    with open(os.path.join(REPO, "docs", "json.md")) as f:
+        text = f.read()
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return {line.split("`")[1] for line in body.splitlines() if line.startswith("| `")}

@@ -94,7 +94,7 @@ def exit_status_text() -> str:
     return "exit status:\n" + "\n".join(f"  {code:<3} {meaning}" for code, meaning in EXIT_STATUSES.items())
 
 
-def setting(parser: TzeroParser, *flags: str, key: str, default: str | None, help: str,
+def setting(parser: TzeroParser | argparse._ActionsContainer, *flags: str, key: str, default: str | None, help: str,
             is_list: bool = False, also_env: tuple[str, ...] = (), shown_default: str | None = None,
             **kwargs: Any) -> None:
     """Add an option that settings.py may fill from the environment or the config file. Its
@@ -103,7 +103,9 @@ def setting(parser: TzeroParser, *flags: str, key: str, default: str | None, hel
     the variables."""
     s = Setting(kwargs.get("dest") or flags[-1].lstrip("-").replace("-", "_"), key, flags[-1], default, is_list,
                 also_env)
-    parser.settings.append(s)
+    owner = parser if isinstance(parser, TzeroParser) else getattr(parser, "_tzero_parser", None)
+    assert isinstance(owner, TzeroParser), "a group's settings need the group made by group()"
+    owner.settings.append(s)
     shown = default if default is not None else shown_default
     said = f"default {shown}; " if shown is not None else ""
     envs = ", ".join(f"${e}" for e in s.env)
@@ -112,6 +114,13 @@ def setting(parser: TzeroParser, *flags: str, key: str, default: str | None, hel
         parser.add_argument(*flags, **kwargs, nargs="*", help=help)
     else:
         parser.add_argument(*flags, **kwargs, default=None, action="append" if is_list else "store", help=help)
+
+
+def exclusive_group(parser: TzeroParser) -> argparse._MutuallyExclusiveGroup:
+    """A mutually exclusive group of PARSER that setting() can add to."""
+    group = parser.add_mutually_exclusive_group()
+    group._tzero_parser = parser  # type: ignore[attr-defined]
+    return group
 
 
 def parse_size(text: str, what: str = "size") -> int:

@@ -8,6 +8,7 @@ import argparse
 import importlib
 import sys
 
+from common.units import DURATION_GRAMMAR, SIZE_GRAMMAR
 from controller import __version__
 from controller.cli import settings
 from controller.cli.args import PROG, TzeroParser, epilog, global_options
@@ -15,19 +16,19 @@ from controller.errors import EXIT_BUG, EXIT_FAILURE, TzeroError
 
 COMMANDS = ["serve", "backup", "restore", "verify", "ls", "status", "serve-backup", "attach", "detach"]
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Time-zero backups of live block devices served over NBD.
 
-A storage subsystem (`tzero serve`) serves block devices or image files as NBD exports
-to applications; `tzero backup` takes, across one or more subsystems, a backup that
+A storage subsystem (tzero serve) serves block devices or image files as NBD exports
+to applications; tzero backup takes, across one or more subsystems, a backup that
 equals what every export held at one instant, while the applications keep writing
 (they are held for milliseconds). The other commands read, check, list, restore and
 serve backups. Every command has its own --help and man page (tzero-COMMAND(1)).
 
-Sizes are a number with an optional unit K, M, G, T (powers of 1024; B or iB may
-follow): 64K, 512MiB, 1.5G. Durations are a number with ms, s, m or h (none: ms).
+A SIZE is {SIZE_GRAMMAR}.
+A DURATION is {DURATION_GRAMMAR}.
 Options marked with $TZERO_... may also be set in the environment or in the config
-file (/etc/tzero.conf or $TZERO_CONFIG); the command line wins."""
+file (/etc/tzero.conf or $TZERO_CONFIG); the command line wins over both."""
 
 EXAMPLES = (
     ("tzero serve --control /run/s1.ctl --socket /run/s1.sock vm1=/dev/vg/vm1",

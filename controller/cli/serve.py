@@ -11,7 +11,7 @@ import os
 import shlex
 
 from common.units import human_size
-from controller.cli.args import Subparsers, command, setting
+from controller.cli.args import Subparsers, command, exclusive_group, setting
 from controller.errors import UsageError
 from controller.nbd import activation
 from controller.nbd.nbdkit_runner import PLUGIN_DIR, accepts_unix, listen_args, require_nbdkit, run_nbdkit, serves_nbd
@@ -48,8 +48,8 @@ def register(subparsers: Subparsers) -> None:
                 description=DESCRIPTION, examples=EXAMPLES)
     setting(p, "--control", key="control", default="tzero.ctl", metavar="CTL",
             help="the control socket (relative paths are from the current folder)")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--socket", metavar="SOCK", help="NBD unix socket (default ./tzero.sock)")
+    where = exclusive_group(p)
+    setting(where, "--socket", key="socket", default="tzero.sock", metavar="SOCK", help="NBD unix socket")
     where.add_argument("--port", type=int, metavar="PORT", help="NBD TCP port on loopback instead of a unix socket")
     p.add_argument("--pidfile", metavar="FILE", help="written once both sockets accept connections")
     setting(p, "--side-memory", key="side-memory", default="256M", metavar="SIZE",
@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("name at least one export: NAME=PATH (or $TZERO_EXPORTS, or exports in the config file)")
     require_nbdkit()
     activated = activation.take()
-    if activated and (args.socket or args.port):
+    given = args.setting_sources.get("socket") == "command line"
+    if activated and (given or args.port):
         raise UsageError("--socket and --port do not go with socket activation: the NBD socket is systemd's")
     config = _checked_config(args, activated)
     control = config.control
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         fds = activation.passed_fds(activated)
         leftovers = [] if activated.control_fd is not None else [control]  # the activator's sockets stay
     else:
-        nbd_socket = None if args.port else os.path.abspath(args.socket or "tzero.sock")
+        nbd_socket = None if args.port else os.path.abspath(args.socket)
         port = args.port
         cmd = nbdkit_command(config, nbd_socket, port, args.verbose)
         leftovers = [nbd_socket, control]

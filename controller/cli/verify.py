@@ -7,6 +7,7 @@ from common.units import human_size
 from controller.cli import progress
 from controller.cli.args import Subparsers, command
 from controller.cli.progress import Progress
+from controller.errors import BackupFormatError
 from controller.restore.verify import backup_label, opened_backup, verify
 
 DESCRIPTION = """\
@@ -33,13 +34,18 @@ def register(subparsers: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     label = backup_label(args.backup)
-    with opened_backup(args.backup) as reader:
-        shown = Progress(args, "verify", sum(d.size for d in reader.header.datasets))
-        try:
-            s = verify(reader, shown.update)
-            shown.finish()
-        finally:
-            shown.close()
+    try:
+        with opened_backup(args.backup) as reader:
+            shown = Progress(args, "verify", sum(d.size for d in reader.header.datasets))
+            try:
+                s = verify(reader, shown.update)
+                shown.finish()
+            finally:
+                shown.close()
+    except BackupFormatError as e:
+        if args.json:  # the verdict on standard output too, for a script that reads only that
+            print(json.dumps({"backup": label, "intact": False, "error": e.message}))
+        raise
     if args.json:
         print(json.dumps({"backup": label, "intact": True, "datasets": s.datasets, "records": s.records,
                           "data_bytes": s.data_bytes, "stream_bytes": s.stream_bytes, "digest": s.digest}))
