@@ -16,7 +16,8 @@ left at that rate, the dataset being copied, and why it is slow when it is.
     json    a JSON line every second on standard error (fields: docs/json.md)
     never   nothing (also -q and --no-progress)
 --progress-fd FD adds JSON lines on file descriptor FD, whatever --progress says, like
-nbdcopy's --progress=FD. --progress-interval changes the time between lines. Whatever
+nbdcopy's --progress=FD. --progress-interval changes the time between lines (and how long
+auto waits before it shows anything). Whatever
 shows progress from the start shows its first line at once; everything that showed any
 line shows a last one at 100 %.
 """
@@ -109,7 +110,7 @@ class Progress:
         delay = 0.0
         if mode == "auto":
             mode = "always" if sys.stderr.isatty() else "plain"
-            delay = AUTO_BAR_DELAY_S if mode == "always" else interval or PLAIN_INTERVAL_S
+            delay = interval if interval is not None else AUTO_BAR_DELAY_S if mode == "always" else PLAIN_INTERVAL_S
         self.mode = mode
         self.line_interval = interval or (JSON_INTERVAL_S if mode == "json" else PLAIN_INTERVAL_S)
         self.fd_interval = interval or JSON_INTERVAL_S
@@ -170,9 +171,12 @@ class Progress:
             return
         self._shown = True
         if self.mode == "always" and self._bar is None:
+            # A terminal that says it is 0 columns wide (a pty nobody sized) would make tqdm drop
+            # the bar and our format: assume 100 columns there.
+            width = _columns()
             self._bar = tqdm(total=self.total, file=sys.stderr, desc=f"tzero {self.command}", leave=True,
-                             dynamic_ncols=True, bar_format="{desc} {percentage:3.0f}% |{bar}| {postfix}",
-                             mininterval=0)
+                             dynamic_ncols=width is None, ncols=width,
+                             bar_format="{desc} {percentage:3.0f}% |{bar}| {postfix}", mininterval=0)
         if self._bar is not None:
             self._bar.n = self.done
             self._bar.set_postfix_str(self.text(bar=True), refresh=False)
@@ -216,6 +220,14 @@ class Progress:
                   file=sys.stderr)
             _close(self.fd_file)
             self.fd_file = None
+
+
+def _columns() -> int | None:
+    """None when standard error is a terminal of known width (tqdm follows it), else 100."""
+    try:
+        return None if os.get_terminal_size(sys.stderr.fileno()).columns > 0 else 100
+    except (OSError, ValueError):
+        return 100
 
 
 def _open_fd(fd: int) -> IO[str]:

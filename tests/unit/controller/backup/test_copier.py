@@ -101,13 +101,15 @@ class FakeViewsCopier(Copier):
         return ViewReader(export, [view], pieces(self.plan.datasets, self.chunk, export), view)
 
 
-def run_copier(datasets, views, members, owner, host_memory=8 << 20):
+def run_copier(datasets, views, members, owner, host_memory=8 << 20, progress=None):
     group = FakeGroup(members, views)
     out = io.BytesIO()
     header = Header(tool_version="test", time_zero="2026-12-01T00:00:00+00:00", chunk_size=CHUNK,
                     datasets=[StreamDataset(d.name, d.size) for d in datasets])
     writer = StreamWriter(out, header)
-    copier = FakeViewsCopier(group, Plan(datasets, owner, []), writer, CHUNK, host_memory)
+    copier = FakeViewsCopier(group, Plan(datasets, owner, []), writer, CHUNK, host_memory, progress=progress)
+    if progress is not None:
+        progress.copier = copier
     copier.run()
     writer.finish()
     out.seek(0)
@@ -174,3 +176,35 @@ def test_copier_publishes_counters_the_heartbeat_may_read_while_it_copies():
     assert published["read_path"] is not copier.stats["read_path"], "never the copy loop's own dict"
     copier.stats["read_path"]["x"] = "changed"
     assert published["read_path"]["x"] == "local"
+
+
+class Watcher:
+    """A progress callback that also asks the copier why it is slow, as the display does."""
+
+    def __init__(self):
+        self.copier = None
+        self.seen = []  # (done, dataset)
+        self.reasons = []
+
+    def __call__(self, done, dataset):
+        self.seen.append((done, dataset))
+        self.reasons.append(self.copier.slow_reason())
+
+
+def test_copier_tells_progress_the_bytes_done_and_the_dataset_in_stream_order():
+    views, members, owner, datasets = setup_two_members()
+    watcher = Watcher()
+    run_copier(datasets, views, members, owner, progress=watcher)
+    done = [d for d, _ in watcher.seen]
+    assert done == sorted(done) and done[-1] == sum(d.size for d in datasets)
+    names = [n for _, n in watcher.seen]
+    assert [n for i, n in enumerate(names) if i == 0 or names[i - 1] != n] == ["head", "vol", "rest"]
+    assert set(watcher.reasons) == {None}, "nothing slowed an idle copy"
+
+
+def test_copier_says_side_store_pressure_is_why_it_is_slow():
+    views, members, owner, datasets = setup_two_members(saved_x={13, 14, 15})
+    members[0].pressure = True
+    watcher = Watcher()
+    run_copier(datasets, views, members, owner, progress=watcher)
+    assert "side store under pressure: saved chunks fetched first" in watcher.reasons
