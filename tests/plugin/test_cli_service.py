@@ -15,7 +15,7 @@ import sys
 import nbd
 import pytest
 
-from helpers import REPO, TZERO, documented_fields, last_json, make_image, tzero, wait_for
+from helpers import REPO, TZERO, documented_fields, last_json, make_image, tzero
 
 MiB = 1 << 20
 
