@@ -121,7 +121,8 @@ class Progress:
         self.done = 0
         self.dataset: str | None = None
         self.slow: str | None = None
-        self._due = {"display": self.meter.started + delay, "fd": 0.0, "slow": 0.0}
+        self._due = {"display": self.meter.started + delay, "fd": 0.0}
+        self._slow_due = 0.0
         self._shown = False  # anything displayed yet (the fd aside)
         self._bar: tqdm | None = None
 
@@ -151,20 +152,26 @@ class Progress:
             self.fd_file = None
 
     def _draw(self, now: float, final: bool) -> None:
+        show = now >= self._due["display"] or (final and self._shown)
+        write = self.fd_file is not None and (final or now >= self._due["fd"])
+        if self.fd_file is None:
+            self._due["fd"] = math.inf
+        if self.mode == "never":
+            self._due["display"] = math.inf
+        if not (show or write):
+            return
         self.meter.sample(self.done, now)
-        if final or now >= self._due["slow"]:
-            self.slow = None if final else self.why_slow()
-            self._due["slow"] = now + RATE_SAMPLE_S
-        if now >= self._due["display"] or (final and self._shown):
+        if final:
+            self.slow = None
+        elif now >= self._slow_due:  # the waits' shares are measured over at least RATE_SAMPLE_S
+            self.slow = self.why_slow()
+            self._slow_due = now + RATE_SAMPLE_S
+        if show:
             self._display(final)
             self._due["display"] = now + (BAR_REFRESH_S if self.mode == "always" else self.line_interval)
-            if self.mode == "never":
-                self._due["display"] = math.inf
-        if self.fd_file is not None and (final or now >= self._due["fd"]):
+        if write:
             self._write_fd(json.dumps(self.report()) + "\n")
             self._due["fd"] = now + self.fd_interval
-        elif self.fd_file is None:
-            self._due["fd"] = math.inf
 
     def _display(self, final: bool) -> None:
         if self.mode == "never":
