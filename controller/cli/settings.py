@@ -27,12 +27,12 @@ from controller.errors import UsageError
 SYSTEM_CONFIG = "/etc/tzero.conf"
 
 
-def config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str | None, bool]:
-    """(the config file to read, whether the user named it) or (None, False)."""
+def config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """The config file to read (one the user named must exist), or None."""
     named = getattr(args, "config", None) or environ.get("TZERO_CONFIG")
     if named:
-        return named, True
-    return (SYSTEM_CONFIG, False) if os.path.exists(SYSTEM_CONFIG) else (None, False)
+        return str(named)
+    return SYSTEM_CONFIG if os.path.exists(SYSTEM_CONFIG) else None
 
 
 def load(path: str, parser: TzeroParser, commands: Iterable[str]) -> configparser.ConfigParser:
@@ -70,7 +70,7 @@ def apply(args: argparse.Namespace, parser: TzeroParser, commands: Iterable[str]
           environ: Mapping[str, str] = os.environ) -> None:
     """Fill every setting of PARSER's command that the command line left out (None) from ENVIRON,
     then the config file, then its default; record in args.setting_sources where each came from."""
-    path, _ = config_path(args, environ)
+    path = config_path(args, environ)
     file = load(path, parser, commands) if path else None
     section = _command(parser)
     sources: dict[str, str] = {}
