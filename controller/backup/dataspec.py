@@ -16,7 +16,7 @@ import re
 from typing import NamedTuple
 
 from backupformat import dataset_name_problem
-from controller.cli.args import parse_size
+from common import units
 from controller.errors import UsageError
 
 SECTOR = 512
@@ -98,7 +98,10 @@ def _export_list(text: str, kind: str, minimum: int) -> tuple[str, ...]:
 
 
 def _aligned(text: str, what: str) -> int:
-    value = parse_size(text, what)
+    try:
+        value = units.parse_size(text, what)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if value % SECTOR:
         raise UsageError(f"{what} {text} is not a multiple of {SECTOR} bytes")
     return value

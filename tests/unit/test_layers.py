@@ -59,6 +59,13 @@ def test_layers_package_imports_only_the_layers_below_it(package):
     assert not wrong, "\n".join(wrong)
 
 
+def test_layers_the_command_line_is_the_top_of_the_controller():
+    """controller/backup, restore and nbd are used by the commands, never the other way round."""
+    for package in ("controller/backup", "controller/restore", "controller/nbd"):
+        for path in sources(package):
+            assert not any(n.startswith("controller.cli") for n in project_imports(path)), path
+
+
 def test_layers_runtime_packages_never_import_the_testkit():
     for package in ("common", "backupformat", "nbdplugin", "controller"):
         for path in sources(package):
