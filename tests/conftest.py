@@ -12,6 +12,27 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from helpers import Subsystem, accepts_unix  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """A certificate directory with all five files (a CA, a server certificate for 127.0.0.1,
+    ::1 and localhost, a client certificate), as `tzero certs` makes it."""
+    from controller.net.certs import make_directory
+
+    d = str(tmp_path_factory.mktemp("pki"))
+    make_directory(d, ["127.0.0.1", "::1", "localhost"], client=True, force=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def other_pki(tmp_path_factory):
+    """The same files from another CA: neither side trusts the other's."""
+    from controller.net.certs import make_directory
+
+    d = str(tmp_path_factory.mktemp("other-pki"))
+    make_directory(d, ["127.0.0.1", "::1", "localhost"], client=True, force=True)
+    return d
+
+
 @pytest.fixture
 def serve(tmp_path):
     """Factory: serve(name, {export: path}, *options) -> a running Subsystem, stopped at teardown."""
