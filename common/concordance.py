@@ -6,7 +6,14 @@ straight from the device. Both sides use these names, so the layout is written o
 
     byte 0                 DEAD flag: 0 while the session saves chunks, 1 from the moment
                            it stops (abort, close): PENDING no longer means "in place"
-    bytes 1 .. HEADER-1    reserved, zero
+    bytes 1 .. 7           reserved, zero
+    bytes 8 .. 23          the session's locality token: 16 random bytes the plugin writes
+                           here and sends in the `open` reply. A controller that maps the
+                           file the reply names and finds the same bytes knows it maps this
+                           very session's concordance, so it runs on the subsystem's host:
+                           a path and inode numbers could name another file on another
+                           host by accident, 128 random bits cannot.
+    bytes 24 .. HEADER-1   reserved, zero
     byte HEADER + c        the state of chunk c: PENDING, SAVED or DONE
 
 State table (a chunk only ever moves down it within one session):
@@ -19,7 +26,8 @@ State table (a chunk only ever moves down it within one session):
 PENDING, SAVED, DONE = 0, 1, 2
 STATE_NAMES = {PENDING: "pending", SAVED: "saved", DONE: "done"}
 DEAD_OFFSET = 0
-HEADER = 8
+TOKEN_OFFSET, TOKEN_SIZE = 8, 16
+HEADER = 32
 
 
 def mapping_size(chunks: int) -> int:

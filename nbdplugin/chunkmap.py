@@ -22,10 +22,21 @@ the write path.
 
 import mmap
 import os
+import secrets
 import threading
 from collections.abc import Iterable
 
-from common.concordance import DEAD_OFFSET, DONE, HEADER, PENDING, SAVED, chunk_count, mapping_size
+from common.concordance import (
+    DEAD_OFFSET,
+    DONE,
+    HEADER,
+    PENDING,
+    SAVED,
+    TOKEN_OFFSET,
+    TOKEN_SIZE,
+    chunk_count,
+    mapping_size,
+)
 
 __all__ = ["DONE", "PENDING", "SAVED", "STRIPES", "ChunkMap"]
 
@@ -37,9 +48,13 @@ class ChunkMap:
     it may be read without it when the caller only acts on non-PENDING states, because
     states never move back to PENDING."""
 
-    def __init__(self, size: int, chunk_size: int, tracked: Iterable[tuple[int, int]] | None = None) -> None:
+    def __init__(self, size: int, chunk_size: int, tracked: Iterable[tuple[int, int]] | None = None,
+                 token: bytes | None = None) -> None:
         """TRACKED: (offset, length) byte ranges whose chunks start PENDING, the rest DONE;
-        None tracks every chunk. Ranges are validated by the caller (within SIZE, length > 0)."""
+        None tracks every chunk. Ranges are validated by the caller (within SIZE, length > 0).
+        TOKEN: the session's locality token, written into the shared header (default: a fresh one)."""
+        token = secrets.token_bytes(TOKEN_SIZE) if token is None else token
+        assert len(token) == TOKEN_SIZE, "common/concordance.py fixes the token's size"
         assert chunk_size > 0 and chunk_size % 512 == 0, "chunk size is validated at start-up"
         # set at formation, never changed
         self.size = size
@@ -50,6 +65,8 @@ class ChunkMap:
         os.ftruncate(self._fd, mapping_size(self.count))
         # zero-filled: alive, all PENDING. Its DEAD byte is set once, by mark_dead, under Session._lock.
         self._shared = mmap.mmap(self._fd, mapping_size(self.count))
+        self._shared[TOKEN_OFFSET:TOKEN_OFFSET + TOKEN_SIZE] = token  # before anyone can know the path
+        self.token = token  # set at formation, never changed
         # guarded by the stripe locks: chunk c's state is written only under lock(c)
         self.states = memoryview(self._shared)[HEADER:]
         if tracked is not None:
@@ -87,7 +104,7 @@ class ChunkMap:
     def shared(self) -> dict[str, str | int]:
         """Where another process on this host maps this concordance (read-only)."""
         return {"path": f"/proc/{os.getpid()}/fd/{self._fd}", "header": HEADER, "chunks": self.count,
-                "chunk_size": self.chunk_size}
+                "chunk_size": self.chunk_size, "token": self.token.hex()}
 
     def mark_dead(self) -> None:
         """Say, before chunks stop being saved, that PENDING no longer means "in place"."""

@@ -1,14 +1,19 @@
 """Start-up settings of the plugin, given as nbdkit key=value parameters.
 
     export=NAME=PATH   repeatable: serve PATH (block device or image file) as export NAME
-    control=PATH       the control socket (this or control-fd is required)
+    control=ADDRESS    the control socket: a unix socket path, HOST:PORT or [IPV6]:PORT
+                       (this or control-fd is required)
     control-fd=N       a listening control socket passed in by socket activation, instead
+    tls-certificates=DIR  the control channel over TCP with TLS, DIR's certificates (common/tls.py);
+                       NBD over TCP is then served with TLS too (nbdkit's own, set up by tzero serve)
+    insecure-plaintext-tcp=yes  allow TCP without TLS, on loopback only
     side-memory=SIZE   side store memory before spilling (default 256M)
     side-dir=DIR       where the spill file goes (default: the system temp dir)
     spill-keep=SIZE    cut the spill file back to SIZE after a session (default: keep it whole)
     chunk=SIZE         concordance chunk size, a power of two from 4K to 16M (default 64K)
     nbd-socket=PATH    where nbdkit serves NBD (announced to the controller in hello)
-    nbd-port=PORT      or the TCP port it serves on, on loopback
+    nbd-port=PORT      or the TCP port it serves on
+    nbd-host=ADDR      and the address it binds (default 127.0.0.1)
 
 Sizes follow common/units.py's grammar (64K, 256M, 1.5G). Everything is validated before anything is served.
 """
@@ -18,6 +23,7 @@ import re
 import tempfile
 
 from common import units
+from common.endpoint import Endpoint, EndpointError, check_transport, parse_endpoint
 
 DEFAULT_CHUNK = 64 << 10
 DEFAULT_SIDE_MEMORY = 256 << 20
@@ -51,14 +57,17 @@ def parse_export(spec: str) -> tuple[str, str]:
 class PluginConfig:
     def __init__(self) -> None:
         self.exports: list[tuple[str, str]] = []
-        self.control: str | None = None
+        self.control: Endpoint | None = None
         self.control_fd: int | None = None
+        self.tls_certificates: str | None = None
+        self.insecure_plaintext_tcp = False
         self.side_memory = DEFAULT_SIDE_MEMORY
         self.side_dir = tempfile.gettempdir()
         self.spill_keep: int | None = None
         self.chunk = DEFAULT_CHUNK
         self.nbd_socket: str | None = None
         self.nbd_port: int | None = None
+        self.nbd_host = "127.0.0.1"
 
     def set(self, key: str, value: str) -> None:
         if key == "export":
@@ -67,11 +76,23 @@ class PluginConfig:
                 raise ConfigError(f"export name {name!r} is given twice")
             self.exports.append((name, path))
         elif key == "control":
-            self.control = os.path.abspath(value)
+            try:
+                control = parse_endpoint(value, "control")
+            except EndpointError as e:
+                raise ConfigError(str(e)) from None
+            self.control = Endpoint(path=os.path.abspath(control.path)) if control.path is not None else control
         elif key == "control-fd":
             if not value.isdigit():
                 raise ConfigError(f"control-fd {value!r}: not a file descriptor")
             self.control_fd = int(value)
+        elif key == "tls-certificates":
+            self.tls_certificates = os.path.abspath(value)
+        elif key == "insecure-plaintext-tcp":
+            if value not in ("yes", "no"):
+                raise ConfigError(f"insecure-plaintext-tcp {value!r}: yes or no")
+            self.insecure_plaintext_tcp = value == "yes"
+        elif key == "nbd-host":
+            self.nbd_host = value
         elif key == "side-memory":
             self.side_memory = parse_size(value, "side-memory")
         elif key == "side-dir":
@@ -87,14 +108,24 @@ class PluginConfig:
                 raise ConfigError(f"nbd-port {value!r}: not a TCP port")
             self.nbd_port = int(value)
         else:
-            raise ConfigError(f"unknown parameter {key!r} (expected export, control, control-fd, side-memory, "
-                              "side-dir, spill-keep, chunk, nbd-socket, nbd-port)")
+            raise ConfigError(f"unknown parameter {key!r} (expected export, control, control-fd, tls-certificates, "
+                              "insecure-plaintext-tcp, side-memory, side-dir, spill-keep, chunk, nbd-socket, "
+                              "nbd-port, nbd-host)")
 
     def validate(self) -> None:
         if not self.exports:
             raise ConfigError("no exports: give at least one export=NAME=PATH")
         if not self.control and self.control_fd is None:
-            raise ConfigError("no control socket: give control=PATH")
+            raise ConfigError("no control socket: give control=PATH or control=HOST:PORT")
+        tls = self.tls_certificates is not None
+        try:
+            if self.control is not None:
+                check_transport(self.control, tls, self.insecure_plaintext_tcp, "control")
+            if self.nbd_port is not None:
+                check_transport(Endpoint(host=self.nbd_host, port=self.nbd_port), tls, self.insecure_plaintext_tcp,
+                                "NBD")
+        except EndpointError as e:
+            raise ConfigError(str(e)) from None
         if not (MIN_CHUNK <= self.chunk <= MAX_CHUNK) or self.chunk & (self.chunk - 1):
             raise ConfigError(f"chunk {self.chunk}: must be a power of two from 4K to 16M")
         if not os.path.isdir(self.side_dir):

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import nbdkit  # noqa: E402
 
+from common.tls import server_context  # noqa: E402
 from nbdplugin.config import PluginConfig  # noqa: E402
 from nbdplugin.control import ControlServer  # noqa: E402
 from nbdplugin.device import Device  # noqa: E402
@@ -94,13 +95,15 @@ def config_complete() -> None:
 
 def get_ready() -> None:
     devices = [Device(name, path) for name, path in _config.exports]
-    nbd: dict[str, str | int] = {}
+    nbd: dict[str, str | int | bool] = {}
     if _config.nbd_socket:
         nbd = {"socket": _config.nbd_socket}
     elif _config.nbd_port:
-        nbd = {"port": _config.nbd_port}
+        # With the certificates, tzero serve runs nbdkit with --tls=require --tls-verify-peer.
+        nbd = {"host": _config.nbd_host, "port": _config.nbd_port, "tls": _config.tls_certificates is not None}
     subsystem = Subsystem(devices, _config.chunk, _config.side_memory, _config.side_dir, nbd, _config.spill_keep)
-    server = ControlServer(_config.control, subsystem, _config.control_fd)
+    tls = server_context(_config.tls_certificates) if _config.tls_certificates else None
+    server = ControlServer(_config.control, subsystem, tls, _config.control_fd)
     server.bind()
     _state.update({"subsystem": subsystem, "server": server})
 
@@ -124,15 +127,16 @@ def default_export(readonly: bool, is_tls: bool) -> str:
 
 def open(readonly: bool) -> Handle:
     subsystem = _state["subsystem"]
-    name, at, sid = nbdkit.export_name().partition("@")
+    name, at, token = nbdkit.export_name().partition("@")
     export = subsystem.exports.get(name or next(iter(subsystem.exports)))
     if export is None:
         _fail(errno.ENOENT, f"no export named {name!r}")
     if not at:
         return LiveHandle(export, readonly)
-    session = subsystem.view_session(sid)
+    session = subsystem.view_session(token)
     if session is None or export not in session.exports:
-        _fail(errno.ENOENT, f"no active session {sid!r} with export {name!r}")
+        # The name asked for stays out of the message: it may be a live session's view token.
+        _fail(errno.ENOENT, f"no time-zero view of {name!r} by that name")
     return ViewHandle(export, session)
 
 

@@ -19,11 +19,14 @@ the locks they may hold.
 from __future__ import annotations
 
 import errno
+import hmac
+import secrets
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
+from common.concordance import TOKEN_SIZE
 from common.fileio import WritableBuffer
 from nbdplugin.chunkmap import DONE, PENDING, SAVED, ChunkMap
 from nbdplugin.sidestore import SideStore, SideStoreFull
@@ -33,6 +36,7 @@ if TYPE_CHECKING:  # both import this module
     from nbdplugin.subsystem import Export
 
 OPEN, FROZEN, ACTIVE, CLOSED, ABORTED = "open", "frozen", "active", "closed", "aborted"
+VIEW_TOKEN_BYTES = 16  # 128 random bits: not to be guessed, even by a client allowed to try many names
 
 
 class Session:
@@ -49,10 +53,15 @@ class Session:
         self.on_end = on_end  # called once, with the session, after it closed or aborted
         self.track = track or {}  # export name -> [(offset, length)]; absent: tracked whole
         self.opened_at = time.monotonic()
+        # The view names' secret part: the only proof an NBD client holds the session, so it goes
+        # only to the owner (the open reply), never to status, a log or an error message.
+        self.view_token = secrets.token_hex(VIEW_TOKEN_BYTES)
+        self.locality_token = secrets.token_bytes(TOKEN_SIZE)  # common/concordance.py says what it proves
         # export index -> map (the stripe locks guard its states: chunkmap.py). Built here, before
         # the gates close, so that the freeze costs no allocation: its states only start to count
         # at time zero, because nothing changes them before the session is ACTIVE.
-        self.maps: dict[int, ChunkMap] = {e.index: ChunkMap(e.device.size, chunk_size, self.track.get(e.name))
+        self.maps: dict[int, ChunkMap] = {e.index: ChunkMap(e.device.size, chunk_size, self.track.get(e.name),
+                                                            self.locality_token)
                                           for e in exports}
         self._lock = threading.Lock()
         # guarded by _lock: changed under it, read anywhere (an attribute read is atomic)
@@ -70,6 +79,13 @@ class Session:
         # statistics (approximate, no lock)
         self.cow_chunks = 0
         self.released_bytes = 0
+
+    def view_name(self, export: str) -> str:
+        return f"{export}@{self.view_token}"
+
+    def is_view_token(self, token: str) -> bool:
+        """Whether TOKEN is this session's view token (compared in constant time)."""
+        return hmac.compare_digest(token.encode(), self.view_token.encode())
 
     @property
     def alive(self) -> bool:

@@ -55,9 +55,10 @@ def log(message: str) -> None:
 
 class Subsystem:
     def __init__(self, devices: list[Device], chunk_size: int, side_memory: int, side_dir: str,
-                 nbd: dict[str, str | int], spill_keep: int | None = None) -> None:
+                 nbd: dict[str, str | int | bool], spill_keep: int | None = None) -> None:
         # set at start-up, never changed
-        self.nbd = nbd  # where nbdkit serves: {"socket": PATH} or {"port": N}, or {} if not told
+        # where nbdkit serves: {"socket": PATH} or {"host": ADDR, "port": N, "tls": BOOL}, or {} if not told
+        self.nbd = nbd
         self.chunk_size = chunk_size
         self.side_memory = side_memory
         self.slots = SlotPool(side_memory, side_dir, chunk_size, spill_keep)  # every session's side store, kept warm
@@ -84,9 +85,10 @@ class Subsystem:
         finally:
             gate.leave()
 
-    def view_session(self, sid: str) -> Session | None:
+    def view_session(self, token: str) -> Session | None:
+        """The active session whose view token is TOKEN (what follows '@' in a view's name)."""
         s = self.session
-        return s if s is not None and s.sid == sid and s.phase == ACTIVE else None
+        return s if s is not None and s.phase == ACTIVE and s.is_view_token(token) else None
 
     # --- control requests --------------------------------------------------
 
@@ -140,7 +142,7 @@ class Subsystem:
                                        conn, on_end=self._session_ended, track=track)
         log(f"session {s.sid} opened on {', '.join(names)}")
         local = {e.name: {"concordance": s.maps[e.index].shared(), "device": e.device.identity()} for e in exports}
-        return {"session": s.sid, "views": {n: f"{n}@{s.sid}" for n in names}, "local": local}
+        return {"session": s.sid, "views": {n: s.view_name(n) for n in names}, "local": local}
 
     def _checked_track(self, track: dict[str, object], names: list[str]) -> dict[str, list[tuple[int, int]]]:
         """open's "track" field, validated: {export: [(offset, length), ...]} within each export."""

@@ -11,14 +11,17 @@ instant.
 
 import json
 import socket
+import ssl
 import threading
 from typing import Any
 
 from common.protocol import MAX_LINE, VERSION, encode
+from common.tls import tls_failure
 from controller.errors import EXIT_FAILURE, SubsystemError
+from controller.net.connect import TlsRefused, endpoint_of, open_control
 
 CONNECT_TIMEOUT_S = 5.0
-REPLY_TIMEOUT_S = 60.0
+REPLY_TIMEOUT_S = 60.0  # unless the caller says otherwise (the consistency group: its lease)
 
 # A JSON object as decoded: a reply, or an object in one. Which fields a reply carries depends
 # on its op (docs/control-protocol.md); a caller reads the ones its op answers with.
@@ -39,6 +42,10 @@ class RequestFailed(SubsystemError):
             self.exit_code = EXIT_FAILURE
 
 
+class NoReply(SubsystemError):
+    """no reply came in time"""
+
+
 class Call:
     """One request on the wire whose reply is not read yet.
 
@@ -56,14 +63,23 @@ class Call:
         # The thread that sent it only (it holds the client's lock until the call ends).
         self._ended = False
 
-    def reply(self) -> JsonObject:
-        """Read and return the reply; RequestFailed if it is an error reply."""
+    def reply(self, timeout: float | None = None) -> JsonObject:
+        """Read and return the reply, waiting at most TIMEOUT seconds (default: the client's
+        reply timeout); RequestFailed if it is an error reply, SubsystemError if none came."""
         assert not self._ended, "a call is answered once"
         client = self._client
+        wait = client.reply_timeout if timeout is None else timeout
         try:
+            client._sock.settimeout(wait)
             line = client._reader.readline(MAX_LINE + 1)
         except BaseException as e:
+            if isinstance(e, TimeoutError):
+                why = f"{self.op}: no reply within {wait:g} s (host unreachable or stalled?)"
+                self._end(broken=why)
+                raise NoReply(f"{client.path}: {why}") from None
             self._end(broken=f"{self.op}: reading the reply failed")
+            if isinstance(e, ssl.SSLError):
+                raise TlsRefused(f"{client.path}: {self.op}: {tls_failure(e)}") from None
             if isinstance(e, OSError):
                 raise SubsystemError(f"{client.path}: {self.op}: {e.strerror or e}") from None
             raise
@@ -97,25 +113,31 @@ class Call:
 
 class ControlClient:
     """One control connection. `_lock` is held by the one Call in flight (a request and its
-    reply are one unit); `_broken` says why the connection was given up, once it was."""
+    reply are one unit); `_broken` says why the connection was given up, once it was.
 
-    def __init__(self, path: str):
-        # Set at start, never changed: path, _lock, the socket objects, info (the hello reply).
-        # Guarded by _lock (held by the one Call in flight): the bytes through _sock and _reader,
-        # and _broken.
+    PATH is the subsystem's address as the user gave it: a unix socket, or HOST:PORT (then
+    over TLS with TLS_DIR's certificates; controller/net/connect.py). Every error names it."""
+
+    def __init__(self, path: str, tls_dir: str | None = None, reply_timeout: float = REPLY_TIMEOUT_S):
+        # Set at start, never changed: path, endpoint, reply_timeout, _lock, the socket objects,
+        # info (the hello reply). Guarded by _lock (held by the one Call in flight): the bytes
+        # through _sock and _reader, the socket's timeout, and _broken.
         self.path = path
+        self.endpoint = endpoint_of(path)
+        self.reply_timeout = reply_timeout
         self._lock = threading.Lock()
         self._broken: str | None = None
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(CONNECT_TIMEOUT_S)
-        try:
-            self._sock.connect(path)
-        except OSError as e:
-            self._sock.close()
-            raise SubsystemError(f"control socket {path}: {e.strerror or e}") from None
-        self._sock.settimeout(REPLY_TIMEOUT_S)
+        self._sock: socket.socket = open_control(self.endpoint, tls_dir, CONNECT_TIMEOUT_S)
         self._reader = self._sock.makefile("rb")
-        self.info = self.request("hello", version=VERSION)
+        try:
+            self.info = self.request("hello", version=VERSION)
+        except RequestFailed:
+            raise
+        except SubsystemError as e:
+            if self.endpoint.is_tcp and tls_dir is None and not isinstance(e, (TlsRefused, NoReply)):
+                raise TlsRefused(f"{e.message} (in plaintext: does the subsystem require TLS? "
+                                 "give --tls-certificates DIR)") from None
+            raise
 
     def send(self, op: str, **fields: object) -> Call:
         """Put a request on the wire and return its Call; the caller ends it with reply() or
@@ -126,6 +148,7 @@ class ControlClient:
         try:
             if self._broken:
                 raise SubsystemError(f"{self.path}: {op}: the control connection is out of step ({self._broken})")
+            self._sock.settimeout(self.reply_timeout)
             self._sock.sendall(encode({"op": op, **fields}))
         except BaseException as e:
             call._end(broken=None if self._broken else f"{op}: sending failed")
@@ -134,10 +157,11 @@ class ControlClient:
             raise
         return call
 
-    def request(self, op: str, **fields: object) -> JsonObject:
+    def request(self, op: str, timeout: float | None = None, **fields: object) -> JsonObject:
+        """OP with FIELDS, and its reply within TIMEOUT seconds (default: the reply timeout)."""
         call = self.send(op, **fields)
         try:
-            return call.reply()
+            return call.reply(timeout)
         finally:
             call.cancel()
 

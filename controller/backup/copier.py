@@ -161,7 +161,7 @@ class Copier(PressureRelief):
         handles: list[nbd.NBD] = []
         try:
             for _ in range(CONNECTIONS_PER_VIEW):
-                h = connect(member.nbd, member.views[export])
+                h = connect(member.nbd, member.views[export], member.tls_dir, self.group.reply_timeout)
                 handles.append(h)
                 if h.get_size() != size:
                     raise SessionAborted(f"view {member.views[export]} is {h.get_size()} bytes, expected {size}")
@@ -248,6 +248,7 @@ class Copier(PressureRelief):
             self._note_peak()
             read = reader.queue[0]
             while not read.done:
+                self.group.check()  # a partition stalls the read forever; the heartbeat notices it
                 self._pump()
                 self.scheduler.fill(head, self._taken)
                 self._note_peak()

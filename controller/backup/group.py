@@ -28,6 +28,14 @@ share, and how:
 
 Everything else (the members list, sessions, views) is set before the heartbeat
 starts and not changed while it runs; close and abort stop it before anything else.
+
+Across hosts. Members may be unix sockets or HOST:PORT (TLS with tls_dir); one group may
+mix them. No reply is awaited forever: a freeze reply at most the freeze deadline plus
+FREEZE_REPLY_GRACE_S (a later one is useless: the member thaws itself at its deadline), a
+heartbeat reply at most half the lease, any other reply at most the lease. A member that
+does not answer in time fails the backup with a line naming it, and its connection is given
+up; the others are aborted at once, and the silent one ends its session by itself when its
+lease runs out. So a partition is noticed within the lease on both sides.
 """
 
 import threading
@@ -36,6 +44,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypedDict
 
+from common.endpoint import is_loopback, is_wildcard
 from controller.backup.control_client import Call, ControlClient, JsonObject
 from controller.backup.local_read import LocalInfo
 from controller.errors import SessionAborted, SubsystemError, UsageError
@@ -44,6 +53,8 @@ from controller.nbd.connect import NbdAddress
 DEFAULT_LEASE_MS = 30000
 DEFAULT_DEADLINE_MS = 2000
 HEARTBEAT_MAX_S = 0.5
+FREEZE_REPLY_GRACE_S = 2.0  # the network's share of a freeze reply's wait, beyond the deadline
+MIN_REPLY_TIMEOUT_S = 1.0  # however short the lease, a reply may take this long
 
 # Control path -> {export: [[offset, length], ...]}: what `open` tracks on each member.
 Tracks = dict[str, dict[str, list[list[int]]]]
@@ -61,7 +72,16 @@ class TimeZero(TypedDict):
 
     time_zero: float  # epoch seconds: the last gate closed
     pause_ms: dict[str, float]  # per export, as each gate measured it
+    pause_ms_by_subsystem: dict[str, float]  # per member (its address): its longest gate pause
     pause_wall_ms: float  # first freeze sent to last thaw answered, as the controller saw it
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """Every member frozen: when the first freeze went out, and time zero (the last gate closed)."""
+
+    started: float  # monotonic
+    time_zero: float  # epoch seconds
 
 
 @dataclass
@@ -71,8 +91,9 @@ class Member:
     # Set by connect, never changed.
     client: ControlClient
     exports: list[ExportEntry]  # in the subsystem's order
-    nbd: NbdAddress
+    nbd: NbdAddress  # where to dial its NBD (a wildcard bind resolved to an address to dial)
     chunk_size: int
+    tls_dir: str | None = None  # the certificates its NBD connections use, when it requires TLS
     # Set by open (before the heartbeat starts), never changed.
     session: str = ""
     views: dict[str, str] = field(default_factory=dict)  # export -> its time-zero view's export name
@@ -89,13 +110,16 @@ class Member:
 
 class ConsistencyGroup:
     def __init__(self, control_paths: list[str], lease_ms: int = DEFAULT_LEASE_MS,
-                 deadline_ms: int = DEFAULT_DEADLINE_MS):
+                 deadline_ms: int = DEFAULT_DEADLINE_MS, tls_dir: str | None = None):
         if len(set(control_paths)) != len(control_paths):
             raise UsageError("a control socket is given twice")
         # Set at start, never changed.
         self.control_paths = control_paths
         self.lease_ms = lease_ms
         self.deadline_ms = deadline_ms
+        self.tls_dir = tls_dir
+        self.reply_timeout = max(lease_ms / 1000, MIN_REPLY_TIMEOUT_S)
+        self.heartbeat_timeout = max(lease_ms / 2000, MIN_REPLY_TIMEOUT_S)
         self._stop = threading.Event()
         # Set by connect and open, before the heartbeat starts; read by both threads after.
         self.members: list[Member] = []
@@ -110,15 +134,33 @@ class ConsistencyGroup:
     def connect(self) -> None:
         names: dict[str, str] = {}
         for path in self.control_paths:
-            client = ControlClient(path)
+            client = ControlClient(path, self.tls_dir, self.reply_timeout)
             info = client.info
-            self.members.append(Member(client, info["exports"], info.get("nbd", {}), info["chunk_size"]))
+            m = Member(client, info["exports"], self._nbd_address(client, info.get("nbd", {})), info["chunk_size"],
+                       self.tls_dir)
+            self.members.append(m)
             for e in info["exports"]:
                 if e["name"] in names:
                     raise UsageError(f"export {e['name']!r} is served by both {names[e['name']]} and {path}")
                 names[e["name"]] = path
-            if not info.get("nbd"):
-                raise SubsystemError(f"{path}: the subsystem does not say where it serves NBD")
+
+    def _nbd_address(self, client: ControlClient, nbd: NbdAddress) -> NbdAddress:
+        """Where to dial the NBD server that CLIENT's hello announced as NBD. A wildcard bind
+        (every interface) is dialled where the control channel went, or on loopback."""
+        if "socket" in nbd:
+            return nbd
+        if "port" not in nbd:
+            raise SubsystemError(f"{client.path}: the subsystem does not say where it serves NBD")
+        host = nbd.get("host", "127.0.0.1")
+        if is_wildcard(host):
+            control_host = client.endpoint.host
+            host = control_host if control_host is not None else ("::1" if ":" in host else "127.0.0.1")
+        if nbd.get("tls") and self.tls_dir is None:
+            raise UsageError(f"{client.path} serves NBD with TLS only: give --tls-certificates DIR")
+        if not nbd.get("tls") and not is_loopback(host):
+            raise SubsystemError(f"{client.path} serves NBD in plaintext on {host}, which is not a loopback "
+                                 "address: tzero reads views over a network only with TLS")
+        return {"host": host, "port": nbd["port"], "tls": bool(nbd.get("tls"))}
 
     def open(self, tracks: Tracks | None = None) -> None:
         """Open a session on every member, on all its exports. With TRACKS (control path ->
@@ -138,49 +180,72 @@ class ConsistencyGroup:
             m.session, m.views, m.local = reply["session"], reply["views"], reply.get("local", {})
 
     def freeze_and_thaw(self) -> TimeZero:
-        """Take time zero. Returns time_zero (epoch s), pause_ms (per export, as each gate measured it)
-        and pause_wall_ms (first freeze sent to last thaw answered, as the controller saw it)."""
+        """Take time zero: freeze() then thaw(). Returns time_zero (epoch s), pause_ms (per
+        export, as each gate measured it), pause_ms_by_subsystem and pause_wall_ms (first
+        freeze sent to last thaw answered, as the controller saw it)."""
+        return self.thaw(self.freeze())
+
+    def freeze(self) -> Frozen:
+        """Freeze every member (all or none: SessionAborted, every session aborted, if one fails)."""
         started = time.monotonic()
-        replies = self._all("freeze", deadline_ms=self.deadline_ms)
-        thawed = self._all("thaw")
-        wall = time.monotonic() - started
+        replies = self._all("freeze", self.deadline_ms / 1000 + FREEZE_REPLY_GRACE_S, deadline_ms=self.deadline_ms)
+        return Frozen(started, max(r["time_zero"] for r in replies))
+
+    def thaw(self, frozen: Frozen) -> TimeZero:
+        """Thaw every member frozen by freeze() (SessionAborted, every session aborted, if one fails:
+        a member that thawed by itself at its deadline has aborted its session)."""
+        thawed = self._all("thaw", self.reply_timeout)
+        wall = time.monotonic() - frozen.started
         pause: dict[str, float] = {}
-        for r in thawed:
+        by_member: dict[str, float] = {}
+        for m, r in zip(self.members, thawed, strict=True):
             pause.update(r["pause_ms"])
+            by_member[m.where] = max(r["pause_ms"].values(), default=0.0)
         return {
-            "time_zero": max(r["time_zero"] for r in replies),
+            "time_zero": frozen.time_zero,
             "pause_ms": pause,
+            "pause_ms_by_subsystem": by_member,
             "pause_wall_ms": wall * 1000,
         }
 
-    def _all(self, op: str, **fields: object) -> list[JsonObject]:
-        """OP on every member at once; if any fails, abort the whole group and raise.
+    def _all(self, op: str, timeout: float, **fields: object) -> list[JsonObject]:
+        """OP on every member at once, every reply within TIMEOUT seconds of sending; if any
+        fails, abort the whole group and raise.
 
         Whatever interrupts the wait for replies, every call still unanswered is cancelled
         on the way out, which closes its connection: no lock stays held and no reply is
         left to be mistaken for the answer to a later request."""
+        replies, errors = self._exchange(op, timeout, fields)
+        if errors:
+            self.abort(f"{op} failed")
+            raise SessionAborted(f"{op} failed, backup abandoned: {errors[0]}")
+        return replies
+
+    def _exchange(self, op: str, timeout: float, fields: dict[str, object],
+                  members: list[Member] | None = None) -> tuple[list[JsonObject], list[str]]:
+        """Send OP to every one of MEMBERS (default: all) before reading any reply, then read the
+        replies, all within TIMEOUT seconds of the first send. Returns (replies, errors)."""
         sent: list[Call] = []
         replies: list[JsonObject] = []
         errors: list[str] = []
+        deadline = time.monotonic() + timeout
         try:
-            for m in self.members:
+            for m in self.members if members is None else members:
                 try:
                     sent.append(m.client.send(op, **fields))
                 except SubsystemError as e:
                     errors.append(str(e))
-                    break
+                    if members is None:
+                        break
             for call in sent:
                 try:
-                    replies.append(call.reply())
+                    replies.append(call.reply(max(deadline - time.monotonic(), 0.001)))
                 except SubsystemError as e:
                     errors.append(str(e))
         finally:
             for call in sent:
                 call.cancel()
-        if errors:
-            self.abort(f"{op} failed")
-            raise SessionAborted(f"{op} failed, backup abandoned: {errors[0]}")
-        return replies
+        return replies, errors
 
     def start_heartbeat(self) -> None:
         # Often enough to notice side-store pressure promptly, and well inside the lease.
@@ -192,7 +257,8 @@ class ConsistencyGroup:
         while not self._stop.wait(interval):
             for m in self.members:
                 try:
-                    self.note_pulse(m, m.client.request("heartbeat", copier=self.stats_source()))
+                    pulse = m.client.request("heartbeat", self.heartbeat_timeout, copier=self.stats_source())
+                    self.note_pulse(m, pulse)
                 except SubsystemError as e:
                     self.failure = self.failure or str(e)
                     return
@@ -212,7 +278,7 @@ class ConsistencyGroup:
             return self.failure
         for m in self.members:
             try:
-                m.client.request("heartbeat")
+                m.client.request("heartbeat", self.heartbeat_timeout)
             except SubsystemError as e:
                 return str(e)
         return None
@@ -232,13 +298,11 @@ class ConsistencyGroup:
         return stats
 
     def abort(self, reason: str) -> None:
-        """Best effort: tell every subsystem to drop its session (their leases would anyway)."""
+        """Best effort: tell every subsystem to drop its session (their leases would anyway),
+        all at once, so one that cannot be reached delays the others by nothing and the
+        whole abort by at most the heartbeat timeout."""
         self._stop_heartbeat()
-        for m in self.members:
-            try:
-                m.client.request("abort", reason=reason)
-            except SubsystemError:
-                pass
+        self._exchange("abort", self.heartbeat_timeout, {"reason": reason}, list(self.members))
         self._disconnect()
 
     def _stop_heartbeat(self) -> None:

@@ -23,20 +23,28 @@ Mutations skip copy-before-write once a session stops being active, so the plugi
 the mapping's DEAD flag before that; we load it after the states and give up if it is
 set (the read fails like a view read of a dead session).
 
-Used only when all of this holds: Linux on x86-64, the device path opens read-only and
-is the very file or device the plugin serves (same st_dev, st_ino, st_rdev), and the
-concordance maps with the size the plugin said. Otherwise the view is read over NBD.
+Used only when all of this holds: Linux on x86-64; the concordance path names a regular
+file that maps with the size the plugin said and holds, in its header, the session's
+locality token (128 random bits the `open` reply also carries: common/concordance.py);
+and the device path opens read-only and is the very file or device the plugin serves
+(same st_dev, st_ino, st_rdev). The token comes first: it is what tells this host from
+another, since a subsystem on another host names paths (/proc/PID/fd/N, /dev/sdb) that
+may well exist here and even carry the same inode numbers. Nothing is opened that could
+block (a FIFO by that name here), and nothing but those two paths is opened. Otherwise
+the view is read over NBD.
 """
 
 import errno
+import hmac
 import mmap
 import os
 import platform
+import stat
 from typing import TypedDict
 
 import nbd
 
-from common.concordance import DEAD_OFFSET, HEADER, PENDING, chunk_count, mapping_size
+from common.concordance import DEAD_OFFSET, HEADER, PENDING, TOKEN_OFFSET, TOKEN_SIZE, chunk_count, mapping_size
 from common.fileio import read_fully
 
 ARCHES = ("x86_64", "amd64")
@@ -58,6 +66,7 @@ class SharedConcordance(TypedDict):
     header: int
     chunk_size: int
     chunks: int
+    token: str  # hex: the locality token the plugin wrote at TOKEN_OFFSET
 
 
 class LocalInfo(TypedDict):
@@ -65,6 +74,36 @@ class LocalInfo(TypedDict):
 
     device: DeviceIdentity
     concordance: SharedConcordance
+
+
+def _map_concordance(conc: SharedConcordance, size: int) -> mmap.mmap:
+    """The session's concordance, mapped read-only, once it proved to be this session's (the
+    locality token): ValueError or OSError saying why not."""
+    if conc.get("header") != HEADER:
+        raise ValueError(f"the concordance's layout (header {conc.get('header')}) is not this tzero's")
+    if chunk_count(size, conc["chunk_size"]) != conc["chunks"]:
+        raise ValueError("the concordance does not match the export's size")
+    try:
+        token = bytes.fromhex(conc.get("token", ""))
+    except ValueError:
+        token = b""
+    if len(token) != TOKEN_SIZE or not any(token):  # zeros: what any zero-filled file holds there
+        raise ValueError("the subsystem gave no locality token")
+    try:
+        fd = os.open(conc["path"], os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise ValueError(f"the subsystem runs on another host, or hides its concordance ({e.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size < mapping_size(conc["chunks"]):
+            raise ValueError("the subsystem runs on another host (its concordance is not here)")
+        shared = mmap.mmap(fd, mapping_size(conc["chunks"]), access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+    if not hmac.compare_digest(shared[TOKEN_OFFSET:TOKEN_OFFSET + TOKEN_SIZE], token):
+        shared.close()
+        raise ValueError("the subsystem runs on another host (its concordance is not here)")
+    return shared
 
 
 class LocalRead:
@@ -88,22 +127,20 @@ class LocalRead:
             return None, f"local reads need Linux on x86-64, this is {platform.system()} on {platform.machine()}"
         dev, conc = info["device"], info["concordance"]
         try:
-            fd = os.open(dev["path"], os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            return None, f"{dev['path']}: {e.strerror}"
-        try:
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino, st.st_rdev) != (dev["dev"], dev["ino"], dev["rdev"]):
-                raise ValueError(f"{dev['path']} here is not the file the subsystem serves")
-            if conc["header"] != HEADER:
-                raise ValueError(f"the concordance's layout (header {conc['header']}) is not this tzero's")
-            if chunk_count(size, conc["chunk_size"]) != conc["chunks"]:
-                raise ValueError("the concordance does not match the export's size")
-            with open(conc["path"], "rb") as f:
-                shared = mmap.mmap(f.fileno(), mapping_size(conc["chunks"]), access=mmap.ACCESS_READ)
+            shared = _map_concordance(conc, size)
         except (OSError, ValueError) as e:
-            os.close(fd)
             return None, getattr(e, "strerror", None) or str(e)
+        try:
+            fd = os.open(dev["path"], os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as e:
+            shared.close()
+            return None, f"{dev['path']}: {e.strerror}"
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino, st.st_rdev) != (dev["dev"], dev["ino"], dev["rdev"]):
+            os.close(fd)
+            shared.close()
+            return None, f"{dev['path']} here is not the file the subsystem serves"
+        os.set_blocking(fd, True)
         return cls(fd, shared, conc["chunk_size"], export), ""
 
     def read(self, view: memoryview, offset: int) -> list[tuple[int, int]]:

@@ -125,7 +125,7 @@ def _layout(spec: DatasetSpec, sizes: dict[str, int], owner: dict[str, Member]) 
 def _read_partition(spec: DatasetSpec, member: Member, size: int) -> tuple[int, int, list[tuple[int, int]]]:
     export = spec.exports[0]
     try:
-        h = connect(member.nbd, export)
+        h = connect(member.nbd, export, member.tls_dir)
     except nbd.Error as e:
         raise UsageError(f"dataset {spec.name!r}: cannot read export {export!r}: {e.string}") from None
     try:

@@ -4,6 +4,7 @@ the given subsystems."""
 import argparse
 import datetime
 import json
+import os
 import sys
 import time
 
@@ -34,6 +35,7 @@ class CopySummary(CopierStats):
     time_zero: str
     pause_ms: float
     pause_ms_by_export: dict[str, float]
+    pause_ms_by_subsystem: dict[str, float]
     pause_wall_ms: float
     datasets: list[str]
     label: str | None
@@ -79,7 +81,11 @@ def register(subparsers: Subparsers) -> None:
     p = command(subparsers, "backup", summary="take a time-zero backup of live exports",
                 description=DESCRIPTION, examples=EXAMPLES)
     setting(p, "-s", "--subsystem", key="subsystems", dest="controls", default=None, is_list=True, metavar="CTL",
-            help="control socket of a storage subsystem (repeat for several; their order is the stream's)")
+            help="a storage subsystem's control socket, or HOST:PORT / [IPV6]:PORT on the network (repeat for "
+                 "several, mixing both kinds; their order is the stream's)")
+    setting(p, "--tls-certificates", key="tls-certificates", default=None, metavar="DIR",
+            help="TLS for subsystems on the network: DIR holds ca-cert.pem, client-cert.pem, client-key.pem; "
+                 "views are read over nbds:// with them")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the backup file, or - for standard output")
     p.add_argument("--dataset", dest="datasets", action="append", metavar="NAME=SPEC",
                    help="a dataset to back up (repeat; order is stream order): EXPORT, EXPORT:START-END, "
@@ -121,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
         args.codec, args.level = parse_compression(args.compress)
     except ValueError as e:
         raise UsageError(f"--compress {e}") from None
-    group = ConsistencyGroup(args.controls, lease_ms=lease, deadline_ms=deadline)
+    tls_dir = os.path.abspath(args.tls_certificates) if args.tls_certificates else None
+    group = ConsistencyGroup(args.controls, lease_ms=lease, deadline_ms=deadline, tls_dir=tls_dir)
     output = BackupOutput(args.output, args.force)
     try:
         group.connect()
@@ -194,6 +201,7 @@ def _copy(args: argparse.Namespace, group: ConsistencyGroup, plan: Plan, chunk: 
         "time_zero": time_zero,
         "pause_ms": round(max(zero["pause_ms"].values()), 3),
         "pause_ms_by_export": {k: round(v, 3) for k, v in zero["pause_ms"].items()},
+        "pause_ms_by_subsystem": {k: round(v, 3) for k, v in zero["pause_ms_by_subsystem"].items()},
         "pause_wall_ms": round(zero["pause_wall_ms"], 3),
         "datasets": [d.name for d in datasets],
         "label": catalog.get("label"),

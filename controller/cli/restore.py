@@ -7,7 +7,7 @@ import time
 
 from common.units import human_duration, human_size
 from controller.cli import progress
-from controller.cli.args import Subparsers, command
+from controller.cli.args import Subparsers, command, setting
 from controller.cli.progress import Progress
 from controller.errors import UsageError
 from controller.progress import WaitClock
@@ -19,7 +19,8 @@ DESCRIPTION = """\
 Restore datasets from a backup. Without --dataset, write DIR/NAME.img (raw, sparse,
 of the dataset's exact size) for every dataset. With --dataset NAME, restore that one
 onto a file, a directory (DIR/NAME.img), a block device or an NBD URI such as
-'nbd+unix:///NAME?socket=SOCK' (quote it: ? is a shell pattern); a device or export
+'nbd+unix:///NAME?socket=SOCK' or 'nbds://HOST:PORT/NAME' (with --tls-certificates DIR, or
+?tls-certificates=DIR in the URI; quote it: ? is a shell pattern); a device or export
 must be at least as large as the dataset, and its bytes beyond the dataset are left
 alone.
 
@@ -45,6 +46,8 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--force", action="store_true", help="replace existing image files")
     p.add_argument("--json", action="store_true", help="print one JSON object when done (docs/json.md)")
     progress.add_options(p)
+    setting(p, "--tls-certificates", key="tls-certificates", default=None, metavar="DIR",
+            help="certificates for an nbds:// target (DIR: ca-cert.pem, client-cert.pem, client-key.pem)")
     p.set_defaults(func=run)
 
 
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                 names = ", ".join(repr(d.name) for d in header.datasets) or "no datasets"
                 raise UsageError(f"{label} has no dataset {args.dataset!r}; "
                                  f"it holds {names}") from None
-            plan = {index: open_target(args.to, header.datasets[index], args.force)}
+            plan = {index: open_target(args.to, header.datasets[index], args.force, args.tls_certificates)}
         shown = Progress(args, "restore", sum(d.size for d in header.datasets))
         wait = WaitClock("waiting on the target writes")
         shown.why_slow = wait.reason

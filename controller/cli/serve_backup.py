@@ -11,10 +11,12 @@ import argparse
 import os
 import shlex
 
+from common.endpoint import Endpoint, bracketed
 from common.units import human_size
 from controller.cli.args import Subparsers, command
 from controller.errors import UsageError
 from controller.nbd.nbdkit_runner import PLUGIN_DIR, listen_args, require_nbdkit, run_nbdkit, serves_nbd
+from controller.net.listen import NbdListen, checked_certificates, checked_transport
 from controller.restore.verify import opened_backup
 
 PLUGIN = os.path.join(PLUGIN_DIR, "backup_plugin.py")
@@ -41,7 +43,13 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("backup", metavar="BACKUP", help="a backup file (seekable; not standard input)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--socket", metavar="SOCK", help="NBD unix socket (default ./tzero-backup.sock)")
-    where.add_argument("--port", type=int, metavar="PORT", help="NBD TCP port on loopback instead of a unix socket")
+    where.add_argument("--port", type=int, metavar="PORT", help="NBD on this TCP port instead of a unix socket")
+    p.add_argument("--bind", metavar="ADDR", help="the address NBD listens on with --port (default 127.0.0.1)")
+    p.add_argument("--tls-certificates", metavar="DIR",
+                   help="require TLS and a client certificate signed by DIR's CA (DIR: ca-cert.pem, "
+                        "server-cert.pem, server-key.pem)")
+    p.add_argument("--insecure-plaintext-tcp", action="store_true",
+                   help="allow TCP without TLS on loopback, where any local user can then read the backup")
     p.add_argument("--pidfile", metavar="FILE", help="written once the socket serves NBD")
     p.set_defaults(func=run)
 
@@ -58,14 +66,32 @@ def _check(args: argparse.Namespace) -> list[tuple[str, int]]:
         return [(d.name, d.size) for d in reader.header.datasets]
 
 
+def _listen(args: argparse.Namespace) -> NbdListen:
+    if args.port is None:
+        if args.bind:
+            raise UsageError("--bind is for NBD over TCP: give --port too")
+        return NbdListen(socket=os.path.abspath(args.socket or "tzero-backup.sock"))
+    tls_dir = os.path.abspath(args.tls_certificates) if args.tls_certificates else None
+    where = NbdListen(host=args.bind or "127.0.0.1", port=args.port, tls_dir=tls_dir)
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port {args.port}: not a TCP port")
+    if tls_dir is not None:
+        checked_certificates(tls_dir)
+    checked_transport(Endpoint(host=where.host, port=args.port), tls_dir, args.insecure_plaintext_tcp, "NBD")
+    return where
+
+
 def run(args: argparse.Namespace) -> int:
     datasets = _check(args)
-    sock = None if args.port else os.path.abspath(args.socket or "tzero-backup.sock")
-    cmd = ["nbdkit", "-f", "-r", "--exit-with-parent", *(["-v"] if args.verbose else []),
-           *listen_args(sock, args.port), "python", PLUGIN, f"backup={os.path.abspath(args.backup)}"]
+    where = _listen(args)
+    cmd = ["nbdkit", "-f", "-r", "--exit-with-parent", *(["-v"] if args.verbose else []), *listen_args(where),
+           "python", PLUGIN, f"backup={os.path.abspath(args.backup)}"]
     lines = [f"tzero serve-backup: ready; serving {args.backup}"]
     for name, size in datasets:
-        uri = f"nbd+unix:///{name}?socket={sock}" if sock else f"nbd://127.0.0.1:{args.port}/{name}"
+        if where.socket is not None:
+            uri = f"nbd+unix:///{name}?socket={where.socket}"
+        else:
+            uri = f"{'nbds' if where.tls_dir else 'nbd'}://{bracketed(where.dial_host)}:{where.port}/{name}"
         lines.append(f"  dataset {name}: {shlex.quote(uri)}  ({human_size(size)}, read-only)")
-    return run_nbdkit(cmd, lambda: serves_nbd(sock, args.port), args.pidfile, [sock], announce="\n".join(lines),
+    return run_nbdkit(cmd, lambda: serves_nbd(where), args.pidfile, [where.socket], announce="\n".join(lines),
                       verbose=args.verbose)

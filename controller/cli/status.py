@@ -5,7 +5,7 @@ import json
 
 from common.units import human_rate, human_size
 from controller.backup.control_client import ControlClient, JsonObject
-from controller.cli.args import Subparsers, command
+from controller.cli.args import Subparsers, command, setting
 
 DESCRIPTION = """\
 Ask a storage subsystem, through its control socket, what it serves and what it is
@@ -22,13 +22,15 @@ EXAMPLES = (
 def register(subparsers: Subparsers) -> None:
     p = command(subparsers, "status", summary="show a storage subsystem's exports and session",
                 description=DESCRIPTION, examples=EXAMPLES)
-    p.add_argument("control", metavar="CTL", help="control socket of the subsystem")
+    p.add_argument("control", metavar="CTL", help="control socket of the subsystem, or HOST:PORT / [IPV6]:PORT")
+    setting(p, "--tls-certificates", key="tls-certificates", default=None, metavar="DIR",
+            help="TLS for a subsystem on the network (DIR: ca-cert.pem, client-cert.pem, client-key.pem)")
     p.add_argument("--json", action="store_true", help="print one JSON object (docs/json.md)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    client = ControlClient(args.control)
+    client = ControlClient(args.control, args.tls_certificates)
     try:
         status = client.request("status")
     finally:

@@ -22,6 +22,7 @@ import nbdplugin
 from controller import service
 from controller.errors import TzeroError, UsageError
 from controller.nbd import nbdkit_log
+from controller.net.listen import NbdListen, accepts_tcp
 
 # nbdkit runs the plugin files themselves (in its embedded interpreter): found beside the
 # nbdplugin package, never imported here.
@@ -36,15 +37,13 @@ def require_nbdkit() -> None:
         raise TzeroError("nbdkit is not installed (make setup installs it)")
 
 
-def listen_args(nbd_socket: str | None, port: int | None) -> list[str]:
-    """nbdkit's options for a unix socket, or loopback TCP; a stale socket file is removed."""
-    if nbd_socket:
-        _clear_stale_socket(nbd_socket)
-        return ["-U", nbd_socket]
-    assert port is not None, "the commands give a socket or a port"
-    if not 0 < port < 65536:
-        raise UsageError(f"--port {port}: not a TCP port")
-    return ["-i", "127.0.0.1", "-p", str(port)]
+def listen_args(where: NbdListen) -> list[str]:
+    """nbdkit's options for listening WHERE; a stale socket file is removed."""
+    if where.socket is not None:
+        _clear_stale_socket(where.socket)
+    elif where.port is None or not 0 < where.port < 65536:
+        raise UsageError(f"--port {where.port}: not a TCP port")
+    return where.nbdkit_args()
 
 
 def run_nbdkit(cmd: list[str], ready: Callable[[], bool], pidfile: str | None, leftovers: list[str | None],
@@ -105,14 +104,19 @@ def accepts_unix(path: str) -> bool:
         s.close()
 
 
-def serves_nbd(nbd_socket: str | None, port: int | None) -> bool:
-    """A full NBD handshake, so nbdkit does not log a half-open probe as an error."""
+def serves_nbd(where: NbdListen) -> bool:
+    """A full NBD handshake, so nbdkit does not log a half-open probe as an error; with TLS,
+    only a connection (a client certificate may not be at hand, and nbdkit says nothing of
+    a client that hangs up before its handshake)."""
+    if where.tls_dir is not None:
+        assert where.port is not None, "TLS is for TCP"
+        return accepts_tcp(where.dial_host, where.port)
     h = nbd.NBD()
     try:
-        if nbd_socket:
-            h.connect_unix(nbd_socket)
+        if where.socket is not None:
+            h.connect_unix(where.socket)
         else:
-            h.connect_tcp("127.0.0.1", str(port))
+            h.connect_tcp(where.dial_host, str(where.port))
         h.shutdown()
         return True
     except nbd.Error:

@@ -220,9 +220,10 @@ class DeviceTarget(_InPlaceTarget):
 
 
 class NbdTarget(_InPlaceTarget):
-    """An NBD export, by URI, written in place through libnbd."""
+    """An NBD export, by URI, written in place through libnbd. An nbds:// URI is TLS with the
+    certificates of TLS_DIR, or of the URI's own tls-certificates=DIR."""
 
-    def __init__(self, uri: str, dataset: Dataset):
+    def __init__(self, uri: str, dataset: Dataset, tls_dir: str | None = None):
         import nbd  # only NBD targets need libnbd
 
         # Set at start, never changed: _nbd, _can_zero (and label, dataset: _InPlaceTarget).
@@ -231,6 +232,11 @@ class NbdTarget(_InPlaceTarget):
         self._h: nbd.NBD | None = None
         try:
             h = nbd.NBD()
+            # The user typed the URI: the local files it names (tls-certificates=DIR) are theirs
+            # to name. libnbd refuses them unless told so.
+            h.set_uri_allow_local_file(True)
+            if tls_dir is not None:
+                h.set_tls_certificates(tls_dir)
             h.connect_uri(uri)
         except nbd.Error as e:
             raise RestoreError(f"cannot connect to {uri}: {e.string}") from None
@@ -282,11 +288,12 @@ class NbdTarget(_InPlaceTarget):
             raise RestoreError(f"{self.label}: {e.string}") from None
 
 
-def open_target(to: str, dataset: Dataset, force: bool) -> Target:
-    """The target TO names for DATASET: an NBD URI, a block device, a directory
-    (DIR/NAME.img in it) or a file path. Checked and opened, nothing written yet."""
+def open_target(to: str, dataset: Dataset, force: bool, tls_dir: str | None = None) -> Target:
+    """The target TO names for DATASET: an NBD URI (TLS_DIR: the certificates of an nbds:// one),
+    a block device, a directory (DIR/NAME.img in it) or a file path. Checked and opened,
+    nothing written yet."""
     if is_nbd_uri(to):
-        return NbdTarget(to, dataset)
+        return NbdTarget(to, dataset, tls_dir)
     try:
         mode = os.stat(to).st_mode
     except FileNotFoundError:

@@ -48,3 +48,17 @@ def test_session_release_of_tracked_chunks_counts_them_done_not_untracked(tmp_pa
     assert s.maps[0].count_of(DONE) == 16
     assert s.status()["exports"]["dev"] == {"pending": 0, "saved": 0, "done": 2, "untracked": 14}
     assert s.released_bytes == 2 * CHUNK, "untracked chunks were never owed, so releasing them copies nothing"
+
+
+def test_chunkmap_shared_header_holds_the_locality_token_it_offers():
+    from common.concordance import TOKEN_OFFSET, TOKEN_SIZE
+
+    m = ChunkMap(8 * CHUNK, CHUNK, token=b"T" * TOKEN_SIZE)
+    offer = m.shared()
+    with open(offer["path"], "rb") as f:
+        header = f.read(TOKEN_OFFSET + TOKEN_SIZE)
+    assert header[TOKEN_OFFSET:] == b"T" * TOKEN_SIZE and offer["token"] == (b"T" * TOKEN_SIZE).hex()
+    fresh = ChunkMap(8 * CHUNK, CHUNK)
+    assert any(fresh.token) and fresh.token != ChunkMap(8 * CHUNK, CHUNK).token, "a fresh token per map by default"
+    m.close()
+    fresh.close()

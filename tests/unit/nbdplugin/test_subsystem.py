@@ -160,3 +160,16 @@ def test_subsystem_open_answers_with_the_session_it_opened_even_if_another_repla
     sub.session.close()
     sub.slots.close()
     sub.exports["dev"].device.close()
+
+
+def test_subsystem_view_names_are_unguessable_and_only_the_owner_learns_them(thawed):
+    sub, conn, dev, _ = thawed
+    s = sub.session
+    view = s.view_name("dev")
+    name, _, token = view.partition("@")
+    assert name == "dev" and len(token) == 32 and int(token, 16) >= 0, "128 random bits, in hex"
+    assert sub.view_session(token) is s
+    for guess in (s.sid, token[:-1], token.upper(), "", token + "0"):
+        assert sub.view_session(guess) is None, guess
+    assert token not in repr(sub.status()), "status is for anyone: it never carries the view token"
+    assert s.view_token != s.sid and s.locality_token.hex() != token

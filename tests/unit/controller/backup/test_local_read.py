@@ -84,3 +84,33 @@ def test_local_read_refuses_without_an_offer_or_off_x86_64(served, monkeypatch):
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     local, why = LocalRead.open("dev", info, CHUNKS * CHUNK)
     assert local is None and "x86-64" in why
+
+
+def test_local_read_refuses_a_concordance_whose_token_is_not_the_sessions(served):
+    """What a subsystem on another host looks like: its paths may name files here, even the
+    very device with the same numbers, but not one that holds its session's token."""
+    dev, m, info = served
+    forged = {**info, "concordance": {**info["concordance"], "token": "ab" * 16}}
+    local, why = LocalRead.open("dev", forged, CHUNKS * CHUNK)
+    assert local is None and "another host" in why
+
+
+def test_local_read_refuses_an_all_zero_token_which_any_zero_filled_file_holds(served, tmp_path):
+    dev, m, info = served
+    zeros = tmp_path / "zeros"
+    zeros.write_bytes(bytes(4096))
+    offer = {**info, "concordance": {**info["concordance"], "path": str(zeros), "token": "00" * 16}}
+    local, why = LocalRead.open("dev", offer, CHUNKS * CHUNK)
+    assert local is None and "no locality token" in why
+
+
+def test_local_read_never_blocks_on_a_fifo_named_by_another_hosts_offer(served, tmp_path):
+    dev, m, info = served
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    offer = {**info, "concordance": {**info["concordance"], "path": str(fifo)}}
+    local, why = LocalRead.open("dev", offer, CHUNKS * CHUNK)  # opening it blocking would hang here
+    assert local is None and "another host" in why
+    offer = {**info, "device": {**info["device"], "path": str(fifo)}}
+    local, why = LocalRead.open("dev", offer, CHUNKS * CHUNK)
+    assert local is None and "not the file the subsystem serves" in why
