@@ -35,11 +35,12 @@ def other_pki(tmp_path_factory):
 
 @pytest.fixture
 def serve(tmp_path):
-    """Factory: serve(name, {export: path}, *options) -> a running Subsystem, stopped at teardown."""
+    """Factory: serve(name, {export: path}, *options, listen=None) -> a running Subsystem (on TCP
+    with a testkit Listen), stopped at teardown."""
     started = []
 
-    def start(name, exports, *options):
-        s = Subsystem(tmp_path, name, exports, *options)
+    def start(name, exports, *options, listen=None):
+        s = Subsystem(tmp_path, name, exports, *options, listen=listen)
         started.append(s)
         return s
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 
 import nbd
 import pytest
@@ -35,11 +36,11 @@ def last_json(text: str) -> dict:
 class Subsystem(LocalSubsystem):
     """`tzero serve` in the background, its output kept in NAME.log for failure messages."""
 
-    def __init__(self, workdir, name: str, exports: dict, *options):
+    def __init__(self, workdir, name: str, exports: dict, *options, listen=None):
         self.log_path = os.path.join(str(workdir), f"{name}.log")
-        self.log = open(self.log_path, "w+")
+        self.log = open(self.log_path, "a+")
         try:
-            super().__init__(workdir, name, exports, *options, log=self.log)
+            super().__init__(workdir, name, exports, *options, log=self.log, listen=listen)
         except RuntimeError as e:
             raise AssertionError(f"{e}:\n{self.output()}") from None
 
@@ -49,16 +50,23 @@ class Subsystem(LocalSubsystem):
         with open(self.log_path) as f:
             return f.read()
 
+    def tls_args(self) -> list[str]:
+        return ["--tls-certificates", self.listen.tls] if self.listen and self.listen.tls else []
+
     def status(self) -> dict:
-        return last_json(tzero("status", self.control, "--json").stdout)
+        return last_json(tzero("status", self.control, "--json", *self.tls_args()).stdout)
 
     def connect(self, export: str, allocation: bool = False) -> nbd.NBD:
         """A libnbd handle on EXPORT (a live export or a NAME@SESSION view)."""
         h = nbd.NBD()
-        h.set_export_name(export)
         if allocation:
             h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-        h.connect_unix(self.socket)
+        if self.listen is None:
+            h.set_export_name(export)
+            h.connect_unix(self.socket)
+        else:
+            h.set_uri_allow_local_file(True)
+            h.connect_uri(self.uri(urllib.parse.quote(export)))
         return h
 
     def stop(self) -> int:
@@ -118,3 +126,23 @@ def documented_fields(section: str) -> set[str]:
         text = f.read()
     body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
     return {line.split("`")[1] for line in body.splitlines() if line.startswith("| `")}
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """COUNT distinct TCP ports free on HOST just now (the kernel's choice of unused ones)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks = [socket.socket(family, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def one_line(stderr: str) -> str:
+    """The single `tzero: ...` line a failing command prints (an AssertionError otherwise)."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tzero: "), f"expected one tzero: line, got {stderr!r}"
+    return lines[0]

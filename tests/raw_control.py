@@ -2,13 +2,24 @@
 
 import json
 import socket
+import ssl
+
+from common.endpoint import parse_endpoint
 
 
 class RawControl:
-    def __init__(self, path: str):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(30)
-        self.sock.connect(path)
+    """A connection to ADDRESS (a unix socket or HOST:PORT), through CONTEXT's TLS if given."""
+
+    def __init__(self, address: str, context: ssl.SSLContext | None = None):
+        where = parse_endpoint(str(address), "address")
+        if where.path is not None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(30)
+            self.sock.connect(where.path)
+        else:
+            self.sock = socket.create_connection((where.host, where.port), timeout=30)
+            if context is not None:
+                self.sock = context.wrap_socket(self.sock, server_hostname=where.host)
         self.reader = self.sock.makefile("rb")
 
     def send_line(self, line: bytes) -> dict:

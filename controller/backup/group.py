@@ -157,6 +157,11 @@ class ConsistencyGroup:
             host = control_host if control_host is not None else ("::1" if ":" in host else "127.0.0.1")
         if nbd.get("tls") and self.tls_dir is None:
             raise UsageError(f"{client.path} serves NBD with TLS only: give --tls-certificates DIR")
+        if nbd.get("tls") and ":" in host:
+            # libnbd 1.14 sends the address as the TLS server name (SNI), which nbdkit's GnuTLS
+            # refuses for an IPv6 address; it has no way to name the server otherwise.
+            raise UsageError(f"{client.path} serves NBD with TLS on the IPv6 address {host}, which libnbd 1.14 "
+                             "cannot reach over TLS: serve it with --bind HOSTNAME (a name that resolves to it)")
         if not nbd.get("tls") and not is_loopback(host):
             raise SubsystemError(f"{client.path} serves NBD in plaintext on {host}, which is not a loopback "
                                  "address: tzero reads views over a network only with TLS")
