@@ -17,7 +17,7 @@ import random
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import nbd
 
@@ -66,13 +66,26 @@ class StripedVolume:
         return c % len(self.legs), (c // len(self.legs)) * self.chunk + within
 
 
-Target = tuple[str, str] | StripedVolume  # (subsystem socket, export name), or a volume over several
+Target = tuple[str, str] | StripedVolume  # (where the subsystem serves, export name), or a volume over several
+# (where, export name) -> a connected handle; called in the writer's own thread, so it may first
+# move that thread into another network namespace.
+Opener = Callable[[str, str], nbd.NBD]
+
+
+def connect_unix(socket_path: str, export: str) -> nbd.NBD:
+    h = nbd.NBD()
+    h.set_export_name(export)
+    h.connect_unix(socket_path)
+    return h
 
 
 class DependentWriter(threading.Thread):
-    def __init__(self, index: int, writers: int, targets: Sequence[Target], sizes: list[int], seed: int):
-        """TARGETS: [(subsystem socket, export name) or StripedVolume], written in a seeded random order."""
+    def __init__(self, index: int, writers: int, targets: Sequence[Target], sizes: list[int], seed: int,
+                 opener: Opener = connect_unix):
+        """TARGETS: [(where, export name) or StripedVolume], written in a seeded random order; OPENER
+        connects to one (default: WHERE is a unix socket)."""
         super().__init__(name=f"writer-{index}", daemon=True)
+        self.opener = opener
         self.index = index
         self.writers = writers
         self.targets = targets
@@ -89,11 +102,8 @@ class DependentWriter(threading.Thread):
             for target in self.targets:
                 legs = target.legs if isinstance(target, StripedVolume) else [target]
                 handles.append([])
-                for sock, name in legs:
-                    h = nbd.NBD()
-                    h.set_export_name(name)
-                    h.connect_unix(sock)
-                    handles[-1].append(h)
+                for address, name in legs:
+                    handles[-1].append(self.opener(address, name))
             seq = 0
             while not self.stop.is_set():
                 t = rnd.randrange(len(self.targets))
@@ -111,7 +121,10 @@ class DependentWriter(threading.Thread):
         finally:
             for hs in handles:
                 for h in hs:
-                    h.shutdown()
+                    try:
+                        h.shutdown()
+                    except nbd.Error:
+                        pass  # the server is gone (a killed subsystem): self.error says so already
 
 
 def prefix_lengths(writer: DependentWriter, initial: list[bytes], restored: list[bytes]) -> list[int]:

@@ -128,6 +128,7 @@ class Copier(PressureRelief):
 
     def run(self) -> CopierStats:
         """Copy everything; returns the counters. SessionAborted if a view read fails."""
+        copied = False
         try:
             for export, m in self.plan.owner.items():
                 if export in self.ledger.exports:
@@ -140,6 +141,7 @@ class Copier(PressureRelief):
             self._copy()
             self.records.flush()
             self._release_all()
+            copied = True
         except nbd.Error as e:
             reason = self.group.explain()  # a subsystem-side abort explains a failed read best
             raise SessionAborted(f"backup abandoned: {reason or f'reading a time-zero view failed: {e}'}") from None
@@ -147,7 +149,9 @@ class Copier(PressureRelief):
             for r in self.readers.values():
                 if r.local is not None:
                     self.stats["local_refetched_bytes"] += r.local.fixed_bytes
-                r.close()
+                # After a failure a view's server may be unreachable: a polite disconnect would
+                # wait for it (until TCP gives up), so its connections are just dropped.
+                r.close(polite=copied)
             self.buffer.close()
         self.stats["spilled_bytes"] = self.buffer.spilled_bytes
         self.published = self._snapshot()

@@ -238,9 +238,17 @@ class ViewReader:
         """The connections with reads in flight."""
         return [h for h in self.handles if self._busy[id(h)]]
 
-    def close(self) -> None:
+    def close(self, polite: bool = True) -> None:
+        """Close the local read and the connections: POLITE, with a disconnect the server answers;
+        else at once (libnbd closes a handle's socket when the handle is freed, without waiting)."""
         if self.local is not None:
             self.local.close()
+        if not polite:
+            self.queue.clear()  # reads hold their handle too
+            self.aside.clear()
+            self.handles.clear()
+            self.handle = None
+            return
         for h in self.handles:
             try:
                 h.shutdown()
