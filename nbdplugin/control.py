@@ -22,6 +22,7 @@ from nbdplugin.subsystem import Subsystem, log
 __all__ = ["ControlServer", "ControlSocketError", "Connection"]
 
 WATCHDOG_INTERVAL_S = 0.05
+ACCEPT_RETRY_S = 0.1
 
 
 class Connection:
@@ -62,8 +63,14 @@ class ControlServer:
         while not self._stopping.is_set():
             try:
                 sock, peer = self._listener.accept()
-            except OSError:
-                return
+            except OSError as e:
+                if self._stopping.is_set() or e.errno in (errno.EBADF, errno.EINVAL):
+                    return  # stop() closed the listener
+                # One connection's trouble (reset before accept, out of descriptors for now):
+                # the others must still be accepted.
+                log(f"control socket: accept failed: {e.strerror or e}")
+                self._stopping.wait(ACCEPT_RETRY_S)
+                continue
             threading.Thread(target=self._handshake, args=(sock, peer), name="tzero-conn", daemon=True).start()
 
     def _handshake(self, sock: socket.socket, peer: str) -> None:

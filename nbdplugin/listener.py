@@ -110,17 +110,18 @@ class Listener:
         """The next connection and who it is from (for logs); OSError once closed."""
         assert self._sock is not None, "bind() first"
         sock, address = self._sock.accept()
-        tune_tcp(sock)
         peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "a local client"
         return sock, peer
 
     def secure(self, sock: socket.socket) -> socket.socket:
-        """SOCK after the TLS handshake (the client's certificate checked against the CA), or as
-        it is without TLS. ssl.SSLError or OSError if the handshake fails; SOCK is then closed."""
-        if self.tls is None:
-            return sock
-        sock.settimeout(HANDSHAKE_TIMEOUT_S)
+        """SOCK tuned (keepalive) and after the TLS handshake (the client's certificate checked
+        against the CA), or as it is without TLS. Runs on the connection's thread: ssl.SSLError
+        or OSError if the peer is gone or the handshake fails; SOCK is then closed."""
         try:
+            tune_tcp(sock)
+            if self.tls is None:
+                return sock
+            sock.settimeout(HANDSHAKE_TIMEOUT_S)
             secured = self.tls.wrap_socket(sock, server_side=True)
         except BaseException:
             sock.close()

@@ -218,3 +218,18 @@ def test_backup_refuses_to_talk_plaintext_to_a_subsystem_off_loopback(tmp_path):
     proc = tzero("backup", "-s", "192.0.2.7:7000", "-o", tmp_path / "x.tzb", check=False)
     assert proc.returncode == 2 and "give --tls-certificates" in one_line(proc.stderr)
     assert not os.path.exists(tmp_path / "x.tzb.partial")
+
+
+def test_tls_control_port_serves_others_while_one_client_stalls_its_handshake_or_resets(tls_sub, pki, tmp_path):
+    sub, _ = tls_sub
+    port = int(sub.control.rsplit(":", 1)[1])
+    silent = socket.create_connection(("127.0.0.1", port))  # connects, never says a word
+    for _ in range(3):
+        rude = socket.create_connection(("127.0.0.1", port))
+        rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        rude.close()  # a reset, at once
+    try:
+        assert sub.status()["session"] is None
+        tzero("backup", "-s", sub.control, "--tls-certificates", pki, "-o", tmp_path / "ok.tzb", "--no-progress")
+    finally:
+        silent.close()
