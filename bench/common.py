@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from testkit.local_subsystem import LocalSubsystem  # noqa: E402
+from testkit.local_subsystem import Listen, LocalSubsystem  # noqa: E402
 
 WORK = os.environ.get("BENCH_DIR", "/var/tmp/tzero-bench")
 RESULTS = os.path.join(REPO, "bench", "results")
@@ -79,13 +79,14 @@ def drop_image(name: str) -> None:
     _remove(path)
 
 
-def serve(name: str, exports: dict, *options, folder: str | None = None) -> LocalSubsystem:
-    """A `tzero serve` child whose log goes to FOLDER/NAME.log."""
+def serve(name: str, exports: dict, *options, folder: str | None = None,
+          listen: Listen | None = None) -> LocalSubsystem:
+    """A `tzero serve` child whose log goes to FOLDER/NAME.log (on TCP with LISTEN)."""
     folder = folder or workdir("run")
     for suffix in (".ctl", ".sock", ".pid"):
         _remove(os.path.join(folder, name + suffix))
     log = open(os.path.join(folder, f"{name}.log"), "w")
-    return LocalSubsystem(folder, name, exports, *options, log=log)
+    return LocalSubsystem(folder, name, exports, *options, log=log, listen=listen)
 
 
 def _remove(path: str) -> None:
@@ -125,6 +126,15 @@ def nbdcopy_null(uri: str, *extra) -> float:
     """Seconds nbdcopy takes to read URI to null:."""
     started = time.monotonic()
     subprocess.run(["nbdcopy", *extra, uri, "null:"], check=True)
+    return time.monotonic() - started
+
+
+def nbdcopy_null_all(uris: list[str], *extra) -> float:
+    """Seconds for one nbdcopy per URI, all at once, to read them to null:."""
+    started = time.monotonic()
+    procs = [subprocess.Popen(["nbdcopy", *extra, uri, "null:"]) for uri in uris]
+    if any(p.wait() != 0 for p in procs):
+        raise RuntimeError(f"nbdcopy of {uris} failed")
     return time.monotonic() - started
 
 

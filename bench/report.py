@@ -303,8 +303,28 @@ NOTES = """## Reading these figures
 """
 
 
+def net_section(net: dict) -> list[str]:
+    s = net["summary"]
+    r = s["tls_vs_unix"]
+    rows = [[name, f"{f(s[k]['pause_ms_p50'])} / {f(s[k]['pause_ms_max'])}",
+             f"{f(s[k]['pause_wall_ms_p50'])} / {f(s[k]['pause_wall_ms_max'])}", s[k]["backup_mib_s"],
+             s[k]["nbdcopy_mib_s"], s[k]["backup_mib_s"] / s[k]["nbdcopy_mib_s"]]
+            for name, k in (("unix sockets", "unix"), ("TCP + TLS (loopback)", "tls"))]
+    rows.append(["TLS / unix", f(r["pause_ms_p50"]), "-", r["backup"], r["nbdcopy"], "-"])
+    load_note = ", ".join(f(x) for x in net["machine"]["load_at_start"])
+    return ["## 7. Two subsystems over TCP with mutual TLS vs unix sockets (bench/net.py)", "",
+            f"Two subsystems, one idle {net['export_bytes'] >> 20} MiB export each, served over unix sockets, then "
+            "the same files over TCP with TLS on loopback (the cost of TLS and TCP, not of a wire), "
+            f"interleaved by round ({net['rounds']} rounds). Pause: {net['writers']} dependent writers over "
+            f"the set's own URIs, {net['sessions']} sessions opened, frozen, thawed and closed. Backup: "
+            "`tzero backup --read-path nbd` of both, stream thrown away; nbdcopy: two at once to null: over "
+            f"the same URIs. Run {net['started']}; load average when it started: {load_note}.", ""] + table(
+        ["", "gate pause p50 / max (ms)", "freeze-to-thaw at the controller p50 / max (ms)", "backup MiB/s",
+         "nbdcopy MiB/s", "backup / nbdcopy"], rows)
+
+
 def main() -> int:
-    core, ses, wc, mem, tl = (load(n) for n in ("core", "sessions", "writecost", "memory", "timeline"))
+    core, ses, wc, mem, tl, net = (load(n) for n in ("core", "sessions", "writecost", "memory", "timeline", "net"))
     machine = (core or {}).get("machine")
     lines = ["# Benchmarks", "",
              f"Written by `make bench` (bench/report.py) on {datetime.date.today().isoformat()} from "
@@ -327,6 +347,8 @@ def main() -> int:
                   "Each dot is one 4 KiB dependent write, placed at its submission (slow ones all, one in eight "
                   "of the rest), from one backup per system in the pause runs of section 1: a write held "
                   "across time zero shows as one high dot just left of the red line.", ""]
+    if net:
+        lines += net_section(net)
     lines += NOTES.splitlines()
     with open(OUT, "w") as out:
         out.write("\n".join(lines).rstrip() + "\n")

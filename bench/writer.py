@@ -28,6 +28,7 @@ def main() -> int:
     handles = []
     for uri in uris:
         h = nbd.NBD()
+        h.set_uri_allow_local_file(True)  # nbds:// URIs name their certificates (tls-certificates=DIR)
         h.connect_uri(uri)
         handles.append(h)
     blocks = [h.get_size() // BLOCK for h in handles]

@@ -5,7 +5,8 @@ backups' copy-before-write, driven by a controller over a control socket.
     config         the start-up parameters (export=NAME=PATH, control=, side-memory=, ...), validated
     device         one served block device or image file: positional I/O, flush, trim, zero, extents
     subsystem      the exports, the one open session, and what each control request does
-    control        the control socket: the accept thread, a thread per connection, the watchdog
+    control        the control server: the accept thread, a thread per connection, the watchdog
+    listener       the control channel's socket: unix (0600) or TCP, the TLS handshake
     gate           one export's write gate: freeze, thaw, the freeze deadline
     session        one backup session: the concordance, copy-before-write, the time-zero view, release
     chunkmap       one export's chunk states, shared read-only with a controller on the same host
@@ -61,7 +62,8 @@ THREADS
     nbdkit's worker threads    the I/O callbacks: live and time-zero reads, mutations through
                                Subsystem.mutate (gate, then copy-before-write), flush, extents
     tzero-control              accepts control connections
-    tzero-conn                 one per control connection: request, Subsystem.handle, reply, in turn
+    tzero-conn                 one per control connection: the TLS handshake, then request,
+                               Subsystem.handle, reply, in turn
     tzero-watchdog             every WATCHDOG_INTERVAL_S: expires overdue freezes and leases
     tzero-flush                one per thaw that asks for it: flushes the session's devices
 """
