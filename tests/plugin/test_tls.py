@@ -14,7 +14,7 @@ import pytest
 from common.tls import client_context
 from testkit.local_subsystem import Listen
 
-from helpers import free_ports, last_json, make_image, one_line, tzero, wait_for
+from helpers import REPO, TZERO, free_ports, last_json, make_image, one_line, tzero, wait_for
 from raw_control import RawControl
 
 SIZE = 4 << 20
@@ -233,3 +233,41 @@ def test_tls_control_port_serves_others_while_one_client_stalls_its_handshake_or
         tzero("backup", "-s", sub.control, "--tls-certificates", pki, "-o", tmp_path / "ok.tzb", "--no-progress")
     finally:
         silent.close()
+
+
+def test_group_mixing_a_unix_socket_and_a_tls_subsystem_backs_both_up_at_one_time_zero(tmp_path, tls_sub, serve, pki):
+    sub, initial = tls_sub
+    local_initial = make_image(tmp_path / "u.img", SIZE, seed=13)
+    local = serve("u", {"u": tmp_path / "u.img"})
+    out = tmp_path / "mixed.tzb"
+    proc = tzero("backup", "-s", local.control, "-s", sub.control, "--tls-certificates", pki, "-o", out, "--json",
+                 "--no-progress", "--read-path", "nbd")
+    summary = last_json(proc.stdout)
+    assert summary["datasets"] == ["u", "a"] and sorted(summary["pause_ms_by_subsystem"]) == sorted(
+        [local.control, sub.control])
+    tzero("restore", out, "--to", tmp_path / "mixed")
+    assert (tmp_path / "mixed" / "u.img").read_bytes() == local_initial
+    assert (tmp_path / "mixed" / "a.img").read_bytes() == initial
+
+
+def test_serve_backup_on_tcp_needs_tls_or_the_plaintext_flag_and_serves_over_nbds(tmp_path, tls_sub, pki):
+    sub, initial = tls_sub
+    out = tmp_path / "b.tzb"
+    tzero("backup", "-s", sub.control, "--tls-certificates", pki, "-o", out, "--no-progress")
+    (port,) = free_ports(1)
+    refused = tzero("serve-backup", out, "--port", port, check=False, timeout=60)
+    assert refused.returncode == 2 and "--insecure-plaintext-tcp" in one_line(refused.stderr)
+    pidfile = tmp_path / "sb.pid"
+    with subprocess.Popen([*TZERO, "serve-backup", str(out), "--port", str(port), "--tls-certificates", pki,
+                           "--pidfile", str(pidfile)], cwd=REPO, stderr=subprocess.PIPE) as proc:
+        try:
+            wait_for(lambda: pidfile.exists() or proc.poll() is not None, 60, "serve-backup to serve")
+            copy = subprocess.run(["nbdcopy", f"nbds://127.0.0.1:{port}/a?tls-certificates={pki}", "-"],
+                                  capture_output=True, timeout=60)
+            assert copy.returncode == 0 and copy.stdout == initial, copy.stderr
+            plain = subprocess.run(["nbdinfo", "--size", f"nbd://127.0.0.1:{port}/a"], capture_output=True,
+                                   timeout=60)
+            assert plain.returncode != 0, "plaintext is refused"
+        finally:
+            proc.terminate()
+            proc.wait(30)

@@ -9,9 +9,10 @@ import threading
 
 import pytest
 
-from controller.backup.control_client import ControlClient
+from controller.backup import group as group_module
+from controller.backup.control_client import ControlClient, NoReply
 from controller.backup.group import ConsistencyGroup
-from controller.errors import SubsystemError
+from controller.errors import SessionAborted, SubsystemError
 
 
 class Interrupted(BaseException):
@@ -57,6 +58,7 @@ class ScriptedServer(threading.Thread):
             conn, _ = self.listener.accept()
         except OSError:
             return  # the test ended without connecting
+        self.conn = conn
         with conn, conn.makefile("rb") as reader:
             try:
                 self.serve(conn, reader)
@@ -146,3 +148,41 @@ def test_client_request_returns_its_own_reply(servers):
 def test_client_connect_to_a_missing_socket_is_one_line(tmp_path):
     with pytest.raises(SubsystemError, match="control socket .*nothere.ctl"):
         ControlClient(os.path.join(tmp_path, "nothere.ctl"))
+
+
+def test_client_reply_not_in_time_gives_up_the_connection_naming_the_subsystem(servers):
+    server = servers("a", silent={"heartbeat"})
+    client = ControlClient(server.path, reply_timeout=0.2)
+    with pytest.raises(NoReply, match=rf"{server.path}: heartbeat: no reply within 0.2 s"):
+        client.request("heartbeat")
+    with pytest.raises(SubsystemError, match="out of step .*no reply"):
+        client.request("thaw")
+    client.close()
+    assert server.hung_up.wait(5), "given up: the subsystem sees its connection close"
+
+
+def test_group_freeze_unanswered_past_the_deadline_fails_naming_it_and_aborts_the_others(servers, monkeypatch):
+    monkeypatch.setattr(group_module, "FREEZE_REPLY_GRACE_S", 0.1)
+    silent = servers("a", silent={"freeze"})
+    answering = servers("b")
+    group = ConsistencyGroup([silent.path, answering.path], deadline_ms=100)
+    group.connect()
+    group.open()
+    with pytest.raises(SessionAborted, match=rf"{silent.path}: freeze: no reply within"):
+        group.freeze_and_thaw()
+    assert answering.got("abort").wait(5), "the member that froze is told to abort at once"
+
+
+def test_group_abort_goes_to_every_member_at_once_and_a_silent_one_delays_nobody(servers):
+    silent = servers("a", silent={"abort"})
+    answering = servers("b")
+    group = ConsistencyGroup([silent.path, answering.path], lease_ms=60000)  # 30 s for a silent member
+    group.connect()
+    group.open()
+    aborting = threading.Thread(target=group.abort, args=("test",), daemon=True)
+    aborting.start()
+    assert answering.got("abort").wait(5) and silent.got("abort").wait(5)
+    assert aborting.is_alive(), "b was told while a's reply is still awaited: not one after the other"
+    silent.conn.shutdown(socket.SHUT_RDWR)  # a hangs up: the wait for its reply ends
+    aborting.join(10)
+    assert not aborting.is_alive()
