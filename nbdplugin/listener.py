@@ -28,11 +28,14 @@ class Listener:
     def __init__(self, endpoint: Endpoint | None, tls: ssl.SSLContext | None, fd: int | None = None) -> None:
         """ENDPOINT to bind, or FD to adopt (then ENDPOINT may be None)."""
         assert endpoint is not None or fd is not None, "config.validate() asks for one"
-        # set at start-up, never changed (endpoint: by bind(), when FD is given)
+        # set at start-up, never changed (endpoint and tls: by bind(), when FD is given)
         self.endpoint = endpoint or Endpoint(path="")
         self.path = os.path.abspath(self.endpoint.path) if self.endpoint.path else None
         self.fd = fd
-        self.tls = tls  # None: plaintext (a unix socket, or loopback TCP the user allowed)
+        self._tls = tls
+        # None: plaintext. A unix socket always is (its mode guards it, as for NBD's); TCP is
+        # plaintext only on loopback, where the user allowed it.
+        self.tls = tls if self.endpoint.is_tcp else None
         # nbdkit's main thread: made by bind(), closed by close() (accept then fails)
         self._sock: socket.socket | None = None
 
@@ -54,6 +57,7 @@ class Listener:
             self.endpoint = Endpoint(path=name)
         elif sock.family in (socket.AF_INET, socket.AF_INET6):
             self.endpoint = Endpoint(host=str(name[0]), port=int(name[1]))
+            self.tls = self._tls
         else:
             raise ControlSocketError(f"control socket (file descriptor {fd}): neither a unix nor a TCP socket")
         return sock

@@ -202,6 +202,7 @@ def test_tls_no_key_material_in_any_output(tmp_path, tls_sub, pki, other_pki):
     (["--control", "127.0.0.1:{c}", "--port", "{n}", "--tls-certificates", "{tmp}"], "ca-cert.pem is missing"),
     (["--control", "127.0.0.1:{busy}", "--port", "{n}", "--tls-certificates", "{pki}"], "in use"),
     (["--control", "{tmp}/c.ctl", "--socket", "{tmp}/n.sock", "--bind", "127.0.0.1"], "--bind is for NBD over TCP"),
+    (["--control", "127.0.0.1:{c}", "--port", "{c}", "--tls-certificates", "{pki}"], "the --control port"),
 ])
 def test_serve_refuses_what_would_expose_the_disks_or_cannot_listen_with_one_line(tmp_path, pki, args, fragment):
     img = tmp_path / "x.img"
@@ -271,3 +272,11 @@ def test_serve_backup_on_tcp_needs_tls_or_the_plaintext_flag_and_serves_over_nbd
         finally:
             proc.terminate()
             proc.wait(30)
+
+
+def test_tls_certificates_with_unix_sockets_leave_them_plaintext_and_usable(tmp_path, serve, pki):
+    initial = make_image(tmp_path / "a.img", SIZE, seed=14)
+    sub = serve("u", {"a": tmp_path / "a.img"}, "--tls-certificates", pki)
+    out = tmp_path / "u.tzb"
+    tzero("backup", "-s", sub.control, "--tls-certificates", pki, "-o", out, "--no-progress")
+    assert restored(tmp_path, out) == initial
