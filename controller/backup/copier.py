@@ -46,7 +46,7 @@ from controller.backup.reorder import ReorderBuffer
 from controller.backup.scheduler import Scheduler, key
 from controller.backup.view_reader import CONNECTIONS_PER_VIEW, BufferPool, Read, ViewReader, wait
 from controller.errors import SessionAborted, UsageError
-from controller.nbd.connect import connect
+from controller.nbd.connect import connect, redacted
 
 REQUEST_BYTES = 1 << 20
 RECORD_BYTES = 1 << 20
@@ -144,7 +144,8 @@ class Copier(PressureRelief):
             copied = True
         except nbd.Error as e:
             reason = self.group.explain()  # a subsystem-side abort explains a failed read best
-            raise SessionAborted(f"backup abandoned: {reason or f'reading a time-zero view failed: {e}'}") from None
+            reason = reason or f"reading a time-zero view failed: {redacted(str(e))}"
+            raise SessionAborted(f"backup abandoned: {reason}") from None
         finally:
             for r in self.readers.values():
                 if r.local is not None:
@@ -168,7 +169,7 @@ class Copier(PressureRelief):
                 h = connect(member.nbd, member.views[export], member.tls_dir, self.group.reply_timeout)
                 handles.append(h)
                 if h.get_size() != size:
-                    raise SessionAborted(f"view {member.views[export]} is {h.get_size()} bytes, expected {size}")
+                    raise SessionAborted(f"the time-zero view of {export} is {h.get_size()} bytes, expected {size}")
         except BaseException:
             for h in handles:
                 try:

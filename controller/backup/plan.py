@@ -26,7 +26,7 @@ from controller.backup.layout import Dataset, Layout, Linear, Striped, overlaps
 from controller.backup.partitions import PartitionError, TableReader, find_partition
 from controller.backup.view_reader import ViewReader
 from controller.errors import SessionAborted, UsageError
-from controller.nbd.connect import connect
+from controller.nbd.connect import connect, redacted
 
 
 @dataclass
@@ -151,7 +151,7 @@ def recheck_partitions(checks: list[PartitionCheck], readers: Mapping[str, ViewR
         try:
             found = find_partition(table, c.number)
         except (PartitionError, nbd.Error) as e:
-            found = f"unreadable ({getattr(e, 'string', None) or e})"
+            found = f"unreadable ({redacted(str(getattr(e, 'string', None) or e))})"
         if found != (c.start, c.length):
             raise SessionAborted(f"dataset {c.dataset!r}: the partition table of {c.export!r} changed before "
                                  f"time zero (p{c.number} was at {c.start}+{c.length}, is {found}); "

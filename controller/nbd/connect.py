@@ -1,6 +1,7 @@
 """Opening libnbd handles on a subsystem's exports, the way every reader of a view wants them."""
 
 import errno
+import re
 import socket
 import time
 from typing import TypedDict
@@ -10,6 +11,13 @@ import nbd
 from common.endpoint import tune_tcp
 
 CONNECT_TIMEOUT_S = 10.0
+_VIEW_TOKEN = re.compile(r"@[0-9a-f]{32}")  # docs/control-protocol.md: a view is NAME@TOKEN
+
+
+def redacted(text: str) -> str:
+    """TEXT with every view token replaced: libnbd's messages name the export they failed on,
+    and a view's name is the only proof of its session, never to be shown."""
+    return _VIEW_TOKEN.sub("@<view>", text)
 
 
 class NbdAddress(TypedDict, total=False):

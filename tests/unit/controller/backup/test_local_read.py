@@ -114,3 +114,4 @@ def test_local_read_never_blocks_on_a_fifo_named_by_another_hosts_offer(served, 
     offer = {**info, "device": {**info["device"], "path": str(fifo)}}
     local, why = LocalRead.open("dev", offer, CHUNKS * CHUNK)
     assert local is None and "not the file the subsystem serves" in why
+
