@@ -232,9 +232,11 @@ def _report(args: argparse.Namespace, summary: Summary) -> None:
         return
     if args.quiet:
         return
+    by_host = summary["pause_ms_by_subsystem"]
+    each = f" ({', '.join(f'{k} {v:.2f}' for k, v in by_host.items())})" if len(by_host) > 1 else ""
     print(f"backup of {', '.join(summary['datasets'])} at time zero {summary['time_zero']}: "
           f"{human_size(summary['bytes'])} written ({human_size(summary['data_bytes'])} of data) in "
-          f"{human_duration(summary['elapsed_s'])}, writes held {summary['pause_ms']:.2f} ms, "
+          f"{human_duration(summary['elapsed_s'])}, writes held {summary['pause_ms']:.2f} ms{each}, "
           f"{summary['chunks_cow']} chunks saved by copy-before-write", file=out)
     if args.verbose:
         for export, path in summary["read_path"].items():

@@ -248,6 +248,9 @@ def test_group_mixing_a_unix_socket_and_a_tls_subsystem_backs_both_up_at_one_tim
         [local.control, sub.control])
     tzero("restore", out, "--to", tmp_path / "mixed")
     assert (tmp_path / "mixed" / "u.img").read_bytes() == local_initial
+    text = tzero("backup", "-s", local.control, "-s", sub.control, "--tls-certificates", pki, "-o",
+                 tmp_path / "again.tzb", "--no-progress").stdout
+    assert f"({local.control} " in text and f", {sub.control} " in text, "the pause of each host, by its address"
     assert (tmp_path / "mixed" / "a.img").read_bytes() == initial
 
 
