@@ -78,7 +78,7 @@ class ControlServer:
             secured = self._listener.secure(sock)
         except OSError as e:
             if not is_hang_up(e):  # a hang-up: a probe that only checked the port is open
-                log(f"control connection from {peer} refused: {tls_failure(e)}")
+                log(f"control connection from {peer} refused: {tls_failure(e)}", warning=True)
             return
         self._serve(Connection(secured, peer))
 

@@ -49,8 +49,10 @@ class Export:
     gate: WriteGate
 
 
-def log(message: str) -> None:
-    print(f"tzero-plugin: {message}", file=sys.stderr, flush=True)
+def log(message: str, warning: bool = False) -> None:
+    """One line on nbdkit's standard error, which tzero serve passes on as a log line (a warning
+    when WARNING: controller/nbd/nbdkit_log.py knows the prefix)."""
+    print(f"tzero-plugin: {'warning: ' if warning else ''}{message}", file=sys.stderr, flush=True)
 
 
 class Subsystem:

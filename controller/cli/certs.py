@@ -2,19 +2,32 @@
 
 import argparse
 
-from controller.cli.args import Subparsers
+from controller.cli.args import Subparsers, command
 from controller.errors import UsageError, os_error
 from controller.net.certs import CA_KEY, LEAF_DAYS, CertError, make_directory
 
+DESCRIPTION = f"""\
+Make the certificates that TLS between tzero's hosts needs, in the layout nbdkit, libnbd,
+QEMU and tzero all read: DIR/ca-cert.pem (and {CA_KEY}, unless --ca names an existing CA),
+server-cert.pem and server-key.pem naming every --host (a name or an address clients dial),
+and client-cert.pem and client-key.pem. Keys are ECDSA P-256, written mode 0600 in a
+directory made 0700; the CA is valid 10 years, the others --days (default {LEAF_DAYS}).
+Existing files are replaced only with --force.
+
+Keep {CA_KEY} where certificates are issued: a subsystem's host needs ca-cert.pem and its
+server certificate and key; the controller's host and applications need ca-cert.pem and a
+client certificate and key. One directory holding all five works for both sides."""
+
+EXAMPLES = (
+    ("tzero certs /etc/tzero/pki", "a new CA and a client certificate"),
+    ("tzero certs /tmp/s1 --ca /etc/tzero/pki --host s1.example --host 10.0.0.1 --no-client",
+     "a server certificate for host s1, from that CA, to copy to s1"),
+)
+
 
 def register(subparsers: Subparsers) -> None:
-    p = subparsers.add_parser(
-        "certs", help="make a CA, a server and a client certificate for TLS",
-        description="Make DIR/ca-cert.pem (and ca-key.pem, unless --ca names an existing CA), "
-                    "server-cert.pem and server-key.pem naming every --host, and client-cert.pem and "
-                    "client-key.pem: the layout nbdkit, libnbd, QEMU and tzero all read. Keys are "
-                    "ECDSA P-256, written mode 0600; the CA is valid 10 years, the others --days. "
-                    f"Keep {CA_KEY} with whoever issues certificates: hosts need only the other files.")
+    p = command(subparsers, "certs", summary="make a CA, a server and a client certificate for TLS",
+                description=DESCRIPTION, examples=EXAMPLES)
     p.add_argument("directory", metavar="DIR", help="where the files go (made 0700 if missing)")
     p.add_argument("--host", dest="hosts", action="append", default=[], metavar="NAME_OR_IP",
                    help="a name or address clients use to reach the server (repeat); without it, no "

@@ -8,14 +8,16 @@ from controller.backup.control_client import ControlClient, JsonObject
 from controller.cli.args import Subparsers, command, setting
 
 DESCRIPTION = """\
-Ask a storage subsystem, through its control socket, what it serves and what it is
-doing: its exports and their sizes, the chunk size, the side store's memory and spill
-file, and the session in progress (phase, chunks copied, saved and pending, side store
-use and pressure, copy rate, the copier's counters) or how the last one ended."""
+Ask a storage subsystem, through its control socket (or HOST:PORT, over TLS with
+--tls-certificates), what it serves and what it is doing: its exports and their sizes,
+the chunk size, the side store's memory and spill file, and the session in progress
+(phase, chunks copied, saved and pending, side store use and pressure, copy rate, the
+copier's counters) or how the last one ended."""
 
 EXAMPLES = (
     ("tzero status /run/s1.ctl", "what subsystem s1 is doing"),
     ("tzero status /run/s1.ctl --json | jq .session.phase", "the phase of its session, for a script"),
+    ("tzero status s1.example:7000 --tls-certificates /etc/tzero/pki", "a subsystem on another host"),
 )
 
 

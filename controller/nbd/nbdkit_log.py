@@ -26,6 +26,7 @@ _CLIENT_ERRORS = {"OSError", "FileNotFoundError", "PermissionError", "IOError", 
                   "ConnectionError", "BrokenPipeError", "ConnectionResetError", "TimeoutError"}
 
 Emit = Callable[[str, str], None]  # (level, message)
+PLUGIN_WARNING = "tzero-plugin: warning: "
 
 
 class Collapser:
@@ -49,7 +50,9 @@ class Collapser:
         if m:
             self._start, self._held = m, [line]
             return
-        if line.strip():
+        if line.startswith(PLUGIN_WARNING):  # the live plugin's own warnings (nbdplugin.subsystem.log)
+            self.emit("warning", "tzero-plugin: " + line[len(PLUGIN_WARNING):])
+        elif line.strip():
             self.emit(_level_of(line), line)
 
     def close(self) -> None:

@@ -67,7 +67,7 @@ def test_tls_control_port_refuses_no_certificate_another_ca_and_plaintext(tls_su
                 ctl.close()
     refusals = wait_for(lambda: [line for line in sub.output().splitlines() if "refused" in line] or None
                         if sub.output().count("refused") >= 3 else None, 10, "three refusals logged")
-    assert len(refusals) == 3 and all(line.startswith("tzero-plugin: control connection from 127.0.0.1:")
+    assert len(refusals) == 3 and all("WARNING: tzero-plugin: control connection from 127.0.0.1:" in line
                                       for line in refusals), refusals
     wrong_ca = tzero("status", sub.control, "--tls-certificates", other_pki, check=False)
     assert wrong_ca.returncode == 1 and "failed verification" in one_line(wrong_ca.stderr)

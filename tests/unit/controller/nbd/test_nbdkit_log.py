@@ -52,3 +52,10 @@ def test_nbdkit_log_other_lines_pass_with_their_level():
 def test_nbdkit_log_a_traceback_cut_short_is_passed_on_whole():
     said = collapse("\n".join(BUG.splitlines()[:2]))
     assert [level for level, _ in said] == ["error", "error"]
+
+
+def test_nbdkit_log_the_plugins_own_warnings_are_warnings_said_once():
+    said = collapse("tzero-plugin: warning: control connection from 10.0.0.9:4711 refused: TLS: unknown ca\n"
+                    "tzero-plugin: session 5267f07e opened on a\n")
+    assert said == [("warning", "tzero-plugin: control connection from 10.0.0.9:4711 refused: TLS: unknown ca"),
+                    ("info", "tzero-plugin: session 5267f07e opened on a")]
