@@ -25,6 +25,7 @@ MAX_LINE = 1 << 20
 DEFAULT_LEASE_MS = 30000  # open: a silent controller loses its session after this long
 DEFAULT_DEADLINE_MS = 2000  # freeze: the longest any application write is held
 DEFAULT_SAVED_LIMIT = 4096  # saved: chunk numbers per reply
+DEFAULT_CHANGES_LIMIT = 16384  # changes: [first, count] runs per reply (well under MAX_LINE)
 
 # What gives way when a backup and an application cannot both go on (side store full, a
 # device error while saving an old chunk, a lost controller): the backup is abandoned, the
@@ -36,11 +37,16 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "hello": {"version": (int, True)},
     # track: {export: [[offset, length], ...]}: only chunks touching these byte ranges
     # are copied-before-write; an export of the session not named there is tracked whole.
-    "open": {"exports": (list, False), "lease_ms": (int, False), "track": (dict, False)},
+    # since: {export: generation}: the backup this one counts from; where the changes since
+    # it are known, only changed chunks (and keep's) stay tracked at freeze.
+    "open": {"exports": (list, False), "lease_ms": (int, False), "track": (dict, False), "since": (dict, False),
+             "keep": (dict, False)},
     "freeze": {"deadline_ms": (int, False), "flush": (bool, False)},
     "thaw": {},
     "release": {"export": (str, True), "ranges": (list, True)},
     "saved": {"export": (str, True), "limit": (int, False)},
+    # the chunks of an export changed since open's `since` base, in pages of [first, count] runs
+    "changes": {"export": (str, True), "first": (int, False), "limit": (int, False)},
     # copier: the controller's copy counters, kept by the session for `tzero status`.
     "heartbeat": {"copier": (dict, False)},
     "status": {},

@@ -74,7 +74,22 @@ class ChunkMap:
             for offset, length in tracked:
                 span = self.span(offset, length)
                 self.states[span.start:span.stop] = bytes(len(span))
-        self.untracked = self.count_of(DONE)  # set at formation, never changed
+        self.untracked = self.count_of(DONE)  # set at formation (and by narrow), never changed
+
+    def narrow(self, changed: int, keep: int = 0) -> bytes:
+        """At formation, before the session is active (nothing else touches the states): keep
+        PENDING only the tracked chunks that CHANGED or that KEEP names, the rest become DONE and
+        cost no copy-before-write. CHANGED and KEEP hold one byte per chunk, 0 or 1, as
+        little-endian integers (tracking.as_int): whole-map integer operations, no loop per chunk.
+        Returns the tracked chunks that changed, one byte (0 or 1) per chunk."""
+        n = self.count
+        assert PENDING == 0 and DONE == 2, "the arithmetic below relies on these values"
+        two = int.from_bytes(b"\x02" * n, "little")
+        pending = int.from_bytes(self.states, "little") ^ two  # 2 where PENDING, else 0
+        tracked_changed = pending & (changed << 1)
+        self.states[:] = (two ^ (tracked_changed | (pending & (keep << 1)))).to_bytes(n, "little")
+        self.untracked = self.count_of(DONE)
+        return (tracked_changed >> 1).to_bytes(n, "little")
 
     def lock(self, chunk: int) -> threading.Lock:
         return self._stripes[chunk % len(self._stripes)]

@@ -14,6 +14,8 @@
     nbd-socket=PATH    where nbdkit serves NBD (announced to the controller in hello)
     nbd-port=PORT      or the TCP port it serves on
     nbd-host=ADDR      and the address it binds (default 127.0.0.1)
+    state-dir=DIR      where the exports' change maps are kept across restarts (default: in memory only)
+    tracking=off       no change tracking at all (default on)
 
 Sizes follow common/units.py's grammar (64K, 256M, 1.5G). Everything is validated before anything is served.
 """
@@ -68,6 +70,8 @@ class PluginConfig:
         self.nbd_socket: str | None = None
         self.nbd_port: int | None = None
         self.nbd_host = "127.0.0.1"
+        self.state_dir: str | None = None
+        self.tracking = True
 
     def set(self, key: str, value: str) -> None:
         if key == "export":
@@ -107,10 +111,16 @@ class PluginConfig:
             if not value.isdigit() or not 0 < int(value) < 65536:
                 raise ConfigError(f"nbd-port {value!r}: not a TCP port")
             self.nbd_port = int(value)
+        elif key == "state-dir":
+            self.state_dir = os.path.abspath(value)
+        elif key == "tracking":
+            if value not in ("on", "off"):
+                raise ConfigError(f"tracking {value!r}: on or off")
+            self.tracking = value == "on"
         else:
             raise ConfigError(f"unknown parameter {key!r} (expected export, control, control-fd, tls-certificates, "
                               "insecure-plaintext-tcp, side-memory, side-dir, spill-keep, chunk, nbd-socket, "
-                              "nbd-port, nbd-host)")
+                              "nbd-port, nbd-host, state-dir, tracking)")
 
     def validate(self) -> None:
         if not self.exports:
@@ -130,3 +140,10 @@ class PluginConfig:
             raise ConfigError(f"chunk {self.chunk}: must be a power of two from 4K to 16M")
         if not os.path.isdir(self.side_dir):
             raise ConfigError(f"side-dir {self.side_dir}: not a directory")
+        if self.state_dir and self.tracking:
+            try:
+                os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"state-dir {self.state_dir}: {e.strerror}") from None
+            if not os.access(self.state_dir, os.W_OK | os.X_OK):
+                raise ConfigError(f"state-dir {self.state_dir}: not writable")

@@ -50,6 +50,10 @@ class Device:
     def flush(self) -> None:
         os.fdatasync(self.fd)
 
+    def sync(self) -> None:
+        """Data and metadata: the mtime a clean stop records must be on disk too."""
+        os.fsync(self.fd)
+
     def trim(self, offset: int, length: int) -> None:
         """Discard a range; a device that cannot is left as it is (trim is advisory)."""
         try:

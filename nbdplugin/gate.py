@@ -5,7 +5,11 @@ but never past the freeze deadline: whoever sees the deadline pass first (the
 waiting writer or the watchdog) thaws the gate and reports the expiry, so a
 lost controller can hold writes for at most the deadline.
 
-Lock: `_lock` (shared by `_cond`) guards `_frozen`, `_inflight`, `_deadline` and
+A clean stop seals the gate: frozen for good, with no deadline, once the mutations in
+flight have drained; a mutation that arrives later waits until the process ends, so it is
+never applied (nor acknowledged) after the change maps were saved.
+
+Lock: `_lock` (shared by `_cond`) guards `_frozen`, `_sealed`, `_inflight`, `_deadline` and
 `_closed_at`. Every application write passes here twice, so the open gate costs one plain
 lock round trip each way: the condition is only waited on or notified while frozen.
 """
@@ -27,6 +31,7 @@ class WriteGate:
         self._cond = threading.Condition(self._lock)
         # guarded by _lock (`frozen` reads _frozen without it: one atomic attribute read)
         self._frozen = False
+        self._sealed = False
         self._inflight = 0
         self._deadline = 0.0
         self._closed_at = 0.0
@@ -47,7 +52,7 @@ class WriteGate:
                 if remaining <= 0:
                     expired = self._open_locked()
                     break
-                self._cond.wait(remaining)
+                self._cond.wait(None if self._sealed else remaining)  # sealed: until the process ends
             self._inflight += 1
         if expired and self.on_expire:
             self.on_expire()
@@ -66,6 +71,8 @@ class WriteGate:
         open again) if they do not drain within DEADLINE_S.
         """
         with self._cond:
+            if self._sealed:
+                raise FreezeTimeout("the subsystem is stopping")
             assert not self._frozen, "the session protocol freezes once"
             self._frozen = True
             self._closed_at = time.monotonic()
@@ -86,6 +93,17 @@ class WriteGate:
             self._open_locked()
             return time.monotonic() - self._closed_at
 
+    def seal(self, wait_s: float) -> bool:
+        """Close the gate for good (a clean stop): no deadline, no thaw. Waits up to WAIT_S for
+        the mutations in flight; returns whether they all drained."""
+        with self._cond:
+            self._sealed = self._frozen = True
+            self._deadline = float("inf")
+            end = time.monotonic() + wait_s
+            while self._inflight and (remaining := end - time.monotonic()) > 0:
+                self._cond.wait(remaining)
+            return not self._inflight
+
     def expire_if_due(self) -> None:
         """The watchdog's check: thaw a freeze that outlived its deadline."""
         with self._cond:
@@ -98,6 +116,8 @@ class WriteGate:
         return self._frozen
 
     def _open_locked(self) -> bool:
+        if self._sealed:
+            return False
         self._frozen = False
         self._cond.notify_all()
         return True

@@ -22,11 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import nbdkit  # noqa: E402
 
 from common.tls import server_context  # noqa: E402
+from nbdplugin.changestate import StateDir  # noqa: E402
 from nbdplugin.config import PluginConfig  # noqa: E402
 from nbdplugin.control import ControlServer  # noqa: E402
 from nbdplugin.device import Device  # noqa: E402
 from nbdplugin.session import Session  # noqa: E402
 from nbdplugin.subsystem import Export, Subsystem  # noqa: E402
+from nbdplugin.tracker import Tracker  # noqa: E402
 
 API_VERSION = 2
 # At most this many extents answer one block-status request: a client asking about a long
@@ -101,7 +103,10 @@ def get_ready() -> None:
     elif _config.nbd_port:
         # With the certificates, tzero serve runs nbdkit with --tls=require --tls-verify-peer.
         nbd = {"host": _config.nbd_host, "port": _config.nbd_port, "tls": _config.tls_certificates is not None}
-    subsystem = Subsystem(devices, _config.chunk, _config.side_memory, _config.side_dir, nbd, _config.spill_keep)
+    state = StateDir(_config.state_dir) if _config.state_dir and _config.tracking else None
+    tracker = Tracker(devices, _config.chunk, state, _config.tracking)  # map files now say "running"
+    subsystem = Subsystem(devices, _config.chunk, _config.side_memory, _config.side_dir, nbd, _config.spill_keep,
+                          tracker)
     tls = server_context(_config.tls_certificates) if _config.tls_certificates else None
     server = ControlServer(_config.control, subsystem, tls, _config.control_fd)
     server.bind()
@@ -113,6 +118,10 @@ def after_fork() -> None:
 
 
 def cleanup() -> None:
+    # A clean stop: nbdkit calls this on SIGTERM (also the one --exit-with-parent sends), while
+    # connections may still be open; stop() seals every gate before it saves the change maps.
+    if "subsystem" in _state:
+        _state["subsystem"].stop()
     if "server" in _state:
         _state["server"].stop()
 

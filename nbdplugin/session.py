@@ -11,6 +11,13 @@ store full, device read error) aborts the session and lets the mutation proceed.
 first abort reason is sticky. Once aborted, view reads fail, so no mixed image can be
 read out.
 
+Change tracking (tracking.py): at time zero the session freezes the change map of each of
+its exports and a new one starts; when the session closes normally its time zero becomes
+the exports' newest generation (`generation`), when it ends any other way the frozen maps
+are merged back. With `since`, the exports whose changes since a base are known keep only
+their changed chunks (and the `keep` ranges) PENDING: the rest are in the base already,
+and cost no copy-before-write.
+
 An abort's clean-up (thaw the gates, close the maps, give the side store's slots back,
 on_end) runs on the thread that aborts; nbdplugin/__init__.py lists which those are and
 the locks they may hold.
@@ -30,6 +37,7 @@ from common.concordance import TOKEN_SIZE
 from common.fileio import WritableBuffer
 from nbdplugin.chunkmap import DONE, PENDING, SAVED, ChunkMap
 from nbdplugin.sidestore import SideStore, SideStoreFull
+from nbdplugin.tracking import ChangeMap, Generation, Since, as_int
 
 if TYPE_CHECKING:  # both import this module
     from nbdplugin.control import Connection
@@ -42,7 +50,9 @@ VIEW_TOKEN_BYTES = 16  # 128 random bits: not to be guessed, even by a client al
 class Session:
     def __init__(self, sid: str, exports: list[Export], chunk_size: int, side: SideStore, lease_s: float,
                  owner: Connection, on_end: Callable[[Session], None] | None = None,
-                 track: dict[str, list[tuple[int, int]]] | None = None) -> None:
+                 track: dict[str, list[tuple[int, int]]] | None = None, tracking: dict[int, ChangeMap] | None = None,
+                 since: dict[int, Since] | None = None, keep: dict[str, list[tuple[int, int]]] | None = None,
+                 generation: str | None = None) -> None:
         # set at open, never changed
         self.sid = sid
         self.exports = exports
@@ -63,10 +73,23 @@ class Session:
         self.maps: dict[int, ChunkMap] = {e.index: ChunkMap(e.device.size, chunk_size, self.track.get(e.name),
                                                             self.locality_token)
                                           for e in exports}
+        self.tracking = tracking or {}  # export index -> its change map (locks itself); absent: not tracked
+        self.generation = generation or sid  # what the exports' newest generation becomes at close
+        # export index -> (the deltas after the base, the KEEP ranges), both as tracking.as_int integers:
+        # the exports whose changes since the controller's base are known
+        self._since: dict[int, tuple[int, int]] = {}
+        for e in exports:
+            known = (since or {}).get(e.index)
+            if known is not None and known.known:
+                kept = self._keep_int(self.maps[e.index], (keep or {}).get(e.name, []))
+                self._since[e.index] = (known.base or 0, kept)
         self._lock = threading.Lock()
         # guarded by _lock: changed under it, read anywhere (an attribute read is atomic)
         self.phase = OPEN
         self.abort_reason: str | None = None
+        self._frozen_maps: list[ChangeMap] = []  # frozen by form_concordance; resolved once, at the end
+        # written once by form_concordance under _lock, read after by the owner's control thread
+        self.changed: dict[int, bytes] = {}  # export index -> its tracked chunks changed since the base (0/1)
         # written by the owner's control thread only (read by `status` from any connection, the watchdog)
         self.time_zero = 0.0  # wall clock when the concordance was formed
         self.pause_s: dict[str, float] = {}
@@ -76,6 +99,7 @@ class Session:
         # thread-safe itself: thaw clears it, the flush thread sets it, close waits for it
         self.flushed = threading.Event()  # clear while the flush after thaw runs, set otherwise
         self.flushed.set()
+        self.ended = threading.Event()  # set once an ended session's clean-up (maps resolved) is over
         # statistics (approximate, no lock)
         self.cow_chunks = 0
         self.released_bytes = 0
@@ -96,8 +120,30 @@ class Session:
 
         The maps were built at open and nothing has touched them since (copy-before-write,
         view reads and release all need an ACTIVE session), so every tracked chunk is still
-        PENDING with its content in place: forming costs no time proportional to the exports."""
-        self.time_zero = time.time()
+        PENDING with its content in place: forming reads no data. It freezes the change maps
+        (a swap each), and with `since` narrows the concordance to the changed chunks: a few
+        integer operations over the whole chunk map per export (docs/architecture.md)."""
+        with self._lock:
+            if not self.alive:
+                return  # an abort won the race: it resolves only the maps frozen before it
+            self.time_zero = time.time()
+            for e in self.exports:
+                cm = self.tracking.get(e.index)
+                if cm is None:
+                    continue
+                frozen = cm.freeze()
+                self._frozen_maps.append(cm)
+                if e.index in self._since:
+                    base, keep = self._since[e.index]
+                    self.changed[e.index] = self.maps[e.index].narrow(base | as_int(frozen), keep)
+
+    @staticmethod
+    def _keep_int(m: ChunkMap, ranges: list[tuple[int, int]]) -> int:
+        keep = bytearray(m.count)
+        for offset, length in ranges:
+            span = m.span(offset, length)
+            keep[span.start:span.stop] = b"\x01" * len(span)
+        return as_int(keep)
 
     def set_phase(self, phase: str) -> None:
         with self._lock:
@@ -135,8 +181,15 @@ class Session:
         for m in self.maps.values():
             m.close()
         self.side.close()
+        # The phase is final and form_concordance checked it under _lock: _frozen_maps is complete.
+        for cm in self._frozen_maps:
+            if self.phase == CLOSED:
+                cm.commit(Generation(self.generation, self.time_zero))
+            else:
+                cm.merge_back()
         if self.on_end is not None:
             self.on_end(self)
+        self.ended.set()
 
     # --- copy-before-write -------------------------------------------------
 

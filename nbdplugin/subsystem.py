@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVarTuple
 
 from common.protocol import (
+    DEFAULT_CHANGES_LIMIT,
     DEFAULT_DEADLINE_MS,
     DEFAULT_LEASE_MS,
     DEFAULT_SAVED_LIMIT,
@@ -32,11 +33,14 @@ from nbdplugin.gate import FreezeTimeout, WriteGate
 from nbdplugin.session import ACTIVE, FROZEN, OPEN, Session
 from nbdplugin.sidestore import SideStore
 from nbdplugin.slots import SlotPool
+from nbdplugin.tracker import Tracker
+from nbdplugin.tracking import ChangeMap
 
 if TYPE_CHECKING:  # control.py imports this module
     from nbdplugin.control import Connection
 
 Ts = TypeVarTuple("Ts")
+STOP_WAIT_S = 10.0  # a clean stop waits this long for a session to end and mutations to drain
 
 
 @dataclass
@@ -47,6 +51,7 @@ class Export:
     name: str
     device: Device
     gate: WriteGate
+    changes: ChangeMap | None = None  # None: change tracking is off
 
 
 def log(message: str, warning: bool = False) -> None:
@@ -57,20 +62,25 @@ def log(message: str, warning: bool = False) -> None:
 
 class Subsystem:
     def __init__(self, devices: list[Device], chunk_size: int, side_memory: int, side_dir: str,
-                 nbd: dict[str, str | int | bool], spill_keep: int | None = None) -> None:
+                 nbd: dict[str, str | int | bool], spill_keep: int | None = None,
+                 tracker: Tracker | None = None) -> None:
+        """TRACKER: the exports' change maps (default: in memory only)."""
         # set at start-up, never changed
         # where nbdkit serves: {"socket": PATH} or {"host": ADDR, "port": N, "tls": BOOL}, or {} if not told
         self.nbd = nbd
         self.chunk_size = chunk_size
         self.side_memory = side_memory
         self.slots = SlotPool(side_memory, side_dir, chunk_size, spill_keep)  # every session's side store, kept warm
+        self.tracker = tracker or Tracker(devices, chunk_size)
         self.exports: dict[str, Export] = {}
         for i, d in enumerate(devices):
-            self.exports[d.name] = Export(i, d.name, d, WriteGate(on_expire=self._freeze_expired))
+            self.exports[d.name] = Export(i, d.name, d, WriteGate(on_expire=self._freeze_expired),
+                                          self.tracker.maps.get(d.name))
         self._lock = threading.Lock()
         # guarded by _lock: replaced under it, read without it (one atomic attribute read)
         self.session: Session | None = None
         self.last_status: dict[str, object] | None = None
+        self.stopping = False  # set once, by stop: no session opens after it
 
     # --- the I/O path ------------------------------------------------------
 
@@ -80,6 +90,9 @@ class Subsystem:
         gate = export.gate
         gate.enter()
         try:
+            changes = export.changes
+            if changes is not None:
+                changes.mark(offset, length)
             session = self.session
             if session is not None:
                 session.save_before_mutation(export, offset, length)
@@ -121,6 +134,7 @@ class Subsystem:
             "side_memory": self.side_memory,
             "nbd": self.nbd,
             "failure_policy": FAILURE_POLICY,
+            "tracking": self.tracker.hello(),
         }
 
     def _open(self, conn: Connection, msg: Message) -> Reply:
@@ -132,35 +146,45 @@ class Subsystem:
         lease_ms = msg.get("lease_ms", DEFAULT_LEASE_MS)
         if lease_ms <= 0:
             raise ProtocolError("bad-message", "lease_ms must be positive")
-        track = self._checked_track(msg.get("track", {}), names)
+        track = self._checked_ranges("track", msg.get("track", {}), names)
+        keep = self._checked_ranges("keep", msg.get("keep", {}), names)
+        since = {n: self.tracker.since(n, g) for n, g in Tracker.checked_since(msg.get("since", {}), names).items()}
         with self._lock:
-            if self.session is not None and self.session.alive:
+            if self.stopping:
+                raise ProtocolError("busy", "the subsystem is stopping")
+            if self.session is not None and (self.session.alive or not self.session.ended.is_set()):
                 raise ProtocolError("busy", f"session {self.session.sid} is {self.session.phase}")
             side = SideStore(self.slots)
             exports = [self.exports[n] for n in names]
             # The reply names the session made here: once the lock is released a lease may
             # expire and another client open a new one, so self.session is not ours to read.
-            s = self.session = Session(secrets.token_hex(4), exports, self.chunk_size, side, lease_ms / 1000,
-                                       conn, on_end=self._session_ended, track=track)
+            s = self.session = Session(
+                secrets.token_hex(4), exports, self.chunk_size, side, lease_ms / 1000, conn,
+                on_end=self._session_ended, track=track, keep=keep, generation=secrets.token_hex(8),
+                tracking={e.index: e.changes for e in exports if e.changes is not None},
+                since={self.exports[n].index: k for n, k in since.items()})
         log(f"session {s.sid} opened on {', '.join(names)}")
         local = {e.name: {"concordance": s.maps[e.index].shared(), "device": e.device.identity()} for e in exports}
-        return {"session": s.sid, "views": {n: s.view_name(n) for n in names}, "local": local}
+        return {"session": s.sid, "views": {n: s.view_name(n) for n in names}, "local": local,
+                "generation": s.generation if self.tracker.enabled else None,
+                "changes": {n: {"known": k.known, "reason": k.reason or None} for n, k in since.items()}}
 
-    def _checked_track(self, track: dict[str, object], names: list[str]) -> dict[str, list[tuple[int, int]]]:
-        """open's "track" field, validated: {export: [(offset, length), ...]} within each export."""
+    def _checked_ranges(self, field: str, value: dict[str, object],
+                        names: list[str]) -> dict[str, list[tuple[int, int]]]:
+        """open's "track" or "keep" field, validated: {export: [(offset, length), ...]} within each export."""
         checked: dict[str, list[tuple[int, int]]] = {}
-        for name, ranges in track.items():
+        for name, ranges in value.items():
             if name not in names:
-                raise ProtocolError("unknown-export", f"track names {name!r}, which is not in the session")
+                raise ProtocolError("unknown-export", f"{field} names {name!r}, which is not in the session")
             size = self.exports[name].device.size
             if not isinstance(ranges, list):
-                raise ProtocolError("bad-message", "open: track maps an export to a list of [offset, length]")
+                raise ProtocolError("bad-message", f"open: {field} maps an export to a list of [offset, length]")
             for r in ranges:
                 if not (isinstance(r, list) and len(r) == 2 and all(type(x) is int for x in r)):
-                    raise ProtocolError("bad-message", "open: track ranges are [offset, length] pairs of integers")
+                    raise ProtocolError("bad-message", f"open: {field} ranges are [offset, length] pairs of integers")
                 if r[0] < 0 or r[1] <= 0 or r[0] + r[1] > size:
-                    raise ProtocolError("bad-message", f"open: track range {r} is not within {name} ({size} bytes)")
-            checked[name] = [tuple(r) for r in ranges]
+                    raise ProtocolError("bad-message", f"open: {field} range {r} is not within {name} ({size} bytes)")
+            checked[name] = [(r[0], r[1]) for r in ranges]
         return checked
 
     def _owned(self, conn: Connection) -> Session:
@@ -252,6 +276,13 @@ class Subsystem:
         e = self._export_of(s, msg["export"])
         return {"chunks": s.saved_chunks(e, msg.get("limit", DEFAULT_SAVED_LIMIT))}
 
+    def _changes(self, s: Session, msg: Message) -> Reply:
+        e = self._export_of(s, msg["export"])
+        changed = s.changed.get(e.index)
+        if changed is None:
+            raise ProtocolError("bad-message", f"changes: open did not name a known base for {e.name} in since")
+        return Tracker.changes(changed, msg.get("first", 0), msg.get("limit", DEFAULT_CHANGES_LIMIT))
+
     def _heartbeat(self, s: Session, msg: Message) -> Reply:
         if "copier" in msg:
             s.copier_stats = msg["copier"]
@@ -301,6 +332,19 @@ class Subsystem:
         if s is not None:
             s.abort("freeze deadline expired before thaw")
 
+    def stop(self) -> None:
+        """A clean stop (nbdkit's cleanup, on its main thread): end the session (its frozen
+        change maps merge back), seal every gate so that no mutation follows, save the maps.
+        Mutations that reach a sealed gate wait until the process ends and are never applied."""
+        with self._lock:
+            self.stopping = True
+        s = self.session
+        if s is not None:
+            s.abort("the subsystem is stopping")
+            s.ended.wait(STOP_WAIT_S)
+        drained = {e.name: e.gate.seal(STOP_WAIT_S) for e in self.exports.values()}
+        self.tracker.stopped(self.exports, drained, log)
+
     def watchdog_tick(self) -> None:
         """Called periodically: expire overdue freezes and leases."""
         for e in self.exports.values():
@@ -318,4 +362,5 @@ class Subsystem:
             "spill_file_bytes": self.slots.spill_file_bytes,
             "session": s.status() if s is not None and s.alive else None,
             "last_session": self.last_status,
+            "tracking": self.tracker.status(),
         }

@@ -46,6 +46,12 @@ class LocalSubsystem:
         self.control = os.path.join(self.dir, f"{name}.ctl")
         self.socket = os.path.join(self.dir, f"{name}.sock")  # NBD's unix socket (unused with a Listen)
         self.pidfile = os.path.join(self.dir, f"{name}.pid")
+        # Its change maps beside its sockets, never in the user's default state directory; the
+        # same NAME in the same WORKDIR finds them again after a restart.
+        self.state_dir = os.path.join(self.dir, f"{name}.state")
+        given = [str(o) for o in options]
+        if "--state-dir" not in given and "--no-tracking" not in given:
+            options = (*options, "--state-dir", self.state_dir)
         where = ["--control", self.control, "--socket", self.socket]
         prefix: list[str] = []
         if listen is not None:

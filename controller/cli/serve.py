@@ -14,6 +14,7 @@ import argparse
 import os
 import shlex
 import socket
+import sys
 
 from common.endpoint import bracketed
 from common.units import human_size
@@ -22,6 +23,7 @@ from controller.errors import UsageError
 from controller.nbd import activation
 from controller.nbd.nbdkit_runner import PLUGIN_DIR, accepts_unix, listen_args, require_nbdkit, run_nbdkit, serves_nbd
 from controller.net.listen import NbdListen, accepts_tcp, check_tcp_free, checked_certificates
+from nbdplugin.changestate import StateDir, StateError
 from nbdplugin.config import ConfigError, PluginConfig
 from nbdplugin.device import Device, DeviceError
 
@@ -44,7 +46,13 @@ When both sockets accept connections it prints 'ready', the NBD URI of every exp
 the control socket, writes --pidfile and tells systemd (READY=1, when $NOTIFY_SOCKET is
 set). Chunks saved by copy-before-write wait in --side-memory, then in a spill file in
 --side-dir: give it a disk with room for what applications may write during a backup
-($TMPDIR or /tmp may be RAM)."""
+($TMPDIR or /tmp may be RAM).
+
+Every export's changes are tracked for incremental backups (tzero backup --since); the
+change maps survive a clean stop (SIGTERM) in --state-dir, and are never trusted after an
+unclean one (nbdkit killed, a crash, power lost) or when an image file was written while
+it was not served. Without a usable default state directory they live in memory only, and
+serve says so."""
 
 EXAMPLES = (
     ("tzero serve --control /run/s1.ctl --socket /run/s1.sock vm1=/dev/vg/vm1 db=/srv/db.img",
@@ -83,6 +91,11 @@ def register(subparsers: Subparsers) -> None:
             help="cut the spill file back to SIZE after each session")
     setting(p, "--chunk", key="chunk", default="64K", metavar="SIZE",
             help="concordance chunk size, a power of two from 4K to 16M")
+    setting(p, "--state-dir", key="state-dir", default=None, metavar="DIR", also_env=("STATE_DIRECTORY",),
+            shown_default="/var/lib/tzero for root, else $XDG_STATE_HOME/tzero",
+            help="where the change maps survive a clean restart")
+    p.add_argument("--no-tracking", action="store_true",
+                   help="track no changes: no incremental backups (tzero backup --since) from this subsystem")
     setting(p, "exports", key="exports", default=None, is_list=True, metavar="NAME=PATH",
             help="a block device or image file to serve as export NAME")
     p.set_defaults(func=run)
@@ -205,12 +218,42 @@ def _checked_config(args: argparse.Namespace, activated: activation.Activation |
             config.set("side-dir", args.side_dir)
         if args.spill_keep is not None:
             config.set("spill-keep", args.spill_keep)
-        config.validate()
+        _state_dir(args, config)
         for name, path in config.exports:
             Device(name, path).close()
-    except (ConfigError, DeviceError) as e:
+        if config.state_dir and config.tracking:
+            StateDir.probe(config.state_dir, config.exports)
+    except (ConfigError, DeviceError, StateError) as e:
         raise UsageError(str(e)) from None
     return config
+
+
+def _state_dir(args: argparse.Namespace, config: PluginConfig) -> None:
+    """Change tracking's settings, validated with the rest. A state directory the user named must
+    be usable; the default (and $STATE_DIRECTORY, which systemd makes for a service with
+    StateDirectory=) is a convenience: without it tracking still works, until a restart."""
+    if args.no_tracking:
+        config.set("tracking", "off")
+    source = getattr(args, "setting_sources", {}).get("state-dir", "default")
+    named = args.state_dir is not None and source != "$STATE_DIRECTORY"
+    path = args.state_dir.split(":")[0] if args.state_dir else default_state_dir()
+    config.set("state-dir", path)
+    try:
+        config.validate()
+    except ConfigError as e:
+        if named or not str(e).startswith("state-dir"):
+            raise
+        print(f"tzero: change maps kept in memory only ({e}; give --state-dir)", file=sys.stderr)
+        config.state_dir = None
+        config.validate()
+
+
+def default_state_dir() -> str:
+    """/var/lib/tzero for root, else $XDG_STATE_HOME/tzero (~/.local/state/tzero)."""
+    if os.geteuid() == 0:
+        return "/var/lib/tzero"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "tzero")
 
 
 def _activated_host() -> str:
@@ -236,6 +279,10 @@ def nbdkit_command(config: PluginConfig, nbd: NbdListen, verbose: bool = False, 
         params.append("insecure-plaintext-tcp=yes")
     if config.spill_keep is not None:
         params.append(f"spill-keep={config.spill_keep}")
+    if not config.tracking:
+        params.append("tracking=off")
+    elif config.state_dir:
+        params.append(f"state-dir={config.state_dir}")
     # One worker per connection: nbdkit 1.32 aborts (raw_send_socket: Assertion `sock >= 0')
     # when a client dies while several workers of its connection wait to send replies,
     # which is exactly a killed controller; and with the GIL, more workers per connection

@@ -48,6 +48,7 @@ def thawed(tmp_path):
     reply = sub.handle(conn, {"op": "thaw"})
     yield sub, conn, dev, reply
     dev.release.set()
+    sub.session.flushed.wait(5)  # the flush thread is done with the device before it closes
     sub.slots.close()
     dev.close()
 
