@@ -12,7 +12,9 @@ above translate that into their errors. The full specification is docs/format.md
              file, from the end: trailer, then index, then any record
     index    Index: the records by (dataset, offset), for random access
     fileobj  the file objects a reader and a writer take, and the loops short reads and writes need
-    view     one dataset of a backup file read at any offset (what `tzero serve-backup` serves)
+    view     one dataset of a backup file read at any offset (what `tzero serve-backup` serves),
+             over the chain of bases of an incremental backup
+    chain    an incremental backup's chain checked link by link and read as one image
 """
 
 from backupformat.codec import CODEC_RAW, CODEC_ZSTD, CODECS, parse_compression
@@ -22,12 +24,14 @@ from backupformat.spec import (
     CHECKSUM,
     END_MAGIC,
     FORMAT_VERSION,
+    INCREMENTAL_VERSION,
     MAGIC,
     MAX_DATASET_SIZE,
     MAX_HEADER_LENGTH,
     MAX_RECORD_LENGTH,
     SUPPORTED_VERSIONS,
     TRAILER_SIZE,
+    Base,
     Dataset,
     FormatError,
     Header,
@@ -39,7 +43,8 @@ from backupformat.spec import (
 from backupformat.writer import StreamWriter
 
 __all__ = [
-    "CHECKSUM", "CODECS", "CODEC_RAW", "CODEC_ZSTD", "END_MAGIC", "FORMAT_VERSION", "MAGIC", "MAX_DATASET_SIZE",
+    "CHECKSUM", "CODECS", "CODEC_RAW", "CODEC_ZSTD", "END_MAGIC", "FORMAT_VERSION", "INCREMENTAL_VERSION", "MAGIC",
+    "MAX_DATASET_SIZE", "Base",
     "MAX_HEADER_LENGTH", "MAX_RECORD_LENGTH", "SUPPORTED_VERSIONS", "TRAILER_SIZE", "Dataset", "FormatError",
     "Header", "Index", "IndexEntry", "Record", "StreamReader", "StreamWriter", "Trailer", "dataset_name_problem",
     "parse_compression",

@@ -32,9 +32,9 @@ class Index:
     def __getitem__(self, i: int) -> IndexEntry:
         if not 0 <= i < len(self):
             raise IndexError(i)
-        ds, codec, _, _, offset, length, stored, position = INDEX_ENTRY.unpack_from(
+        ds, codec, flags, _, offset, length, stored, position = INDEX_ENTRY.unpack_from(
             self._packed, i * INDEX_ENTRY.size)
-        return IndexEntry(ds, codec, offset, length, stored, position)
+        return IndexEntry(ds, codec, offset, length, stored, position, flags)
 
     def find(self, dataset_index: int, offset: int) -> IndexEntry | None:
         """The entry whose data covers OFFSET of the dataset, or None (a hole: zeros)."""
@@ -58,7 +58,8 @@ class Index:
                 where = Where(dataset=datasets[e.dataset_index].name, offset=e.offset)
             else:
                 where = Where(section="index")
-            problem = (codec_problem(e.codec, flags, reserved, 0, e.length, e.stored_length)
+            problem = (codec_problem(e.codec, flags, reserved, 0, e.length, e.stored_length,
+                                     self._header.format_version)
                        or place_problem(datasets, ds, next_offset if n else 0,
                                          e.dataset_index, e.offset, e.length))
             if not problem and e.position != position:

@@ -20,6 +20,7 @@ from backupformat.spec import (
     READ_SLICE,
     RECORD_HEAD,
     RECORD_TAG,
+    RECORD_ZERO,
     SUPPORTED_VERSIONS,
     TRAILER_FIELDS,
     TRAILER_SIZE,
@@ -110,7 +111,8 @@ class StreamReader:
 
         Raises FormatError at the first problem; nothing after it is yielded.
         Record.data is the dataset bytes, decoded from the stored payload (and checked against the
-        record's length), so a record that does not decode is a FormatError like any other.
+        record's length), so a record that does not decode is a FormatError like any other. A zero
+        record (version 3) has no data and says how many zero bytes it stands for in Record.zeros.
         """
         if self._started:
             raise ValueError("records() reads the stream once")
@@ -125,13 +127,16 @@ class StreamReader:
             if rec is None:
                 break
             head, payload = rec
-            _, codec, _, _, ds, length, offset, stored, _ = RECORD_HEAD.unpack(head)
-            implied_index.update(INDEX_ENTRY.pack(ds, codec, 0, 0, offset, length, stored, position))
+            _, codec, flags, _, ds, length, offset, stored, _ = RECORD_HEAD.unpack(head)
+            implied_index.update(INDEX_ENTRY.pack(ds, codec, flags, 0, offset, length, stored, position))
             count += 1
             data_bytes += length
             stored_bytes += stored
             next_offset = offset + length
-            yield Record(ds, datasets[ds].name, offset, _decoded(codec, payload, length, datasets[ds].name, offset))
+            if flags & RECORD_ZERO:
+                yield Record(ds, datasets[ds].name, offset, b"", length)
+            else:
+                yield Record(ds, datasets[ds].name, offset, _decoded(codec, payload, length, datasets[ds].name, offset))
         self._check_index(position, count, implied_index.digest())
         self._check_trailer(position, count, data_bytes, stored_bytes)
 
@@ -158,7 +163,7 @@ class StreamReader:
         check.update(payload)
         if check.digest() != self._read(CHECK_SIZE, "record checksum", where):
             raise FormatError("record checksum mismatch", **where)
-        problem = (codec_problem(codec, flags, reserved, reserved2, length, stored)
+        problem = (codec_problem(codec, flags, reserved, reserved2, length, stored, self.header.format_version)
                    or place_problem(datasets, last_ds, lowest, ds, offset, length))
         if problem:
             raise FormatError(problem, **where)
@@ -261,8 +266,11 @@ class StreamReader:
         return index
 
     def read_data(self, entry: IndexEntry) -> bytes:
-        """The dataset bytes of the record ENTRY names: read_record(), decoded."""
+        """The dataset bytes of the record ENTRY names: read_record(), decoded (zeros for a zero record)."""
         name = self.header.datasets[entry.dataset_index].name
+        if entry.flags & RECORD_ZERO:
+            self.read_record(entry)
+            return bytes(entry.length)
         return _decoded(entry.codec, self.read_record(entry), entry.length, name, entry.offset)
 
     def read_record(self, entry: IndexEntry) -> bytes:
@@ -275,7 +283,7 @@ class StreamReader:
             raw = read_exact(self._f, size)
         if len(raw) != size:
             raise FormatError(f"truncated in the record: expected {size} bytes, got {len(raw)}", **where)
-        expected_head = RECORD_HEAD.pack(RECORD_TAG, entry.codec, 0, 0, entry.dataset_index,
+        expected_head = RECORD_HEAD.pack(RECORD_TAG, entry.codec, entry.flags, 0, entry.dataset_index,
                                      entry.length, entry.offset, entry.stored_length, 0)
         if raw[:RECORD_HEAD.size] != expected_head:
             raise FormatError("record head does not match the index", **where)

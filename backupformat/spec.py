@@ -11,6 +11,10 @@ specification; the tables next to each struct here are a summary.
 
     digest   = xxh3-128 of every byte before it, record payloads left out (version 2;
                version 1 hashed them too)
+
+    Version 3 is an incremental stream: its header names its base (file name, digest), a
+    record may be a zero record (flag ZERO, no payload), and a range no record covers is
+    the base's. Full streams are still written as version 2.
 """
 
 import datetime
@@ -22,8 +26,10 @@ from typing import NamedTuple, TypedDict, TypeGuard
 
 from backupformat.codec import CODEC_RAW, CODECS
 
-FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
+FORMAT_VERSION = 2  # a full stream
+INCREMENTAL_VERSION = 3  # a stream of the changes since a base (docs/format.md, section 10)
+SUPPORTED_VERSIONS = (1, 2, 3)
+RECORD_ZERO = 0x01  # record flag (version 3): LENGTH zero bytes, no payload
 CHECKSUM = "xxh3-128"
 
 MAGIC = b"\x89TZB\r\n\x1a\n"  # 8-bit and line-ending damage both break it, as in PNG
@@ -69,10 +75,11 @@ def payloads_in_digest(version: int) -> bool:
 class FormatError(Exception):
     """The stream is damaged, truncated, or not a tzero backup.
 
-    `section` is "header", "records", "index" or "trailer". For a problem in or
-    between records, `dataset` (a name) and `offset` say where: the bad record as
-    its head claims, or the end of the last good record when the stream breaks
-    between records (or its head is unusable).
+    `section` is "header", "records", "index", "trailer", or "chain" for a stream that is
+    not the base its incremental recorded. For a problem in or between records, `dataset`
+    (a name) and `offset` say where: the bad record as its head claims, or the end of the
+    last good record when the stream breaks between records (or its head is unusable).
+    `layer`, set by chain.py, is which stream of a chain (0: the newest) it is about.
     """
 
     def __init__(self, reason: str, *, section: str = "records", dataset: str | None = None,
@@ -81,6 +88,7 @@ class FormatError(Exception):
         self.section = section
         self.dataset = dataset
         self.offset = offset
+        self.layer: int | None = None
         if dataset is not None:
             where = f"dataset {dataset!r} at offset {offset}"
         else:
@@ -105,7 +113,12 @@ class Record(NamedTuple):
     dataset_index: int
     dataset: str
     offset: int
-    data: bytes
+    data: bytes | memoryview  # empty for a zero record
+    zeros: int = 0  # a zero record (version 3): this many zero bytes at OFFSET
+
+    @property
+    def length(self) -> int:
+        return self.zeros or len(self.data)
 
 
 class IndexEntry(NamedTuple):
@@ -115,6 +128,7 @@ class IndexEntry(NamedTuple):
     length: int
     stored_length: int
     position: int  # of the record head, in bytes from the start of the stream
+    flags: int = 0  # RECORD_ZERO for a zero record
 
 
 class Trailer(NamedTuple):
@@ -137,6 +151,14 @@ def dataset_name_problem(name: object) -> str | None:
     return None
 
 
+class Base(NamedTuple):
+    """What an incremental stream says of the stream it counts from."""
+
+    file: str  # its file name, found in the incremental's own directory
+    digest: str  # its stream digest, hex
+    time_zero: str  # ISO 8601
+
+
 @dataclass(frozen=True)
 class Header:
     """What a stream says about itself before its records. Immutable once made."""
@@ -147,6 +169,7 @@ class Header:
     datasets: list[Dataset]  # in stream order
     extra: dict[str, object] = field(default_factory=dict)  # free JSON object for the layers above
     format_version: int = FORMAT_VERSION
+    base: Base | None = None  # version 3 (incremental) only, and required there
 
     def __post_init__(self) -> None:
         # Accept plain (name, size) pairs; anything stranger is left for problem().
@@ -179,6 +202,9 @@ class Header:
             return "extra must be a JSON object"
         if not isinstance(datasets, (list, tuple)):
             return "datasets must be a list"
+        problem = _base_problem(self.base, self.format_version)
+        if problem:
+            return problem
         seen = set()
         for d in datasets:
             if not isinstance(d, Dataset):
@@ -203,6 +229,8 @@ class Header:
             "datasets": [{"name": d.name, "size": d.size} for d in self.datasets],
             "extra": self.extra,
         }
+        if self.base is not None:
+            doc["base"] = self.base._asdict()
         return json.dumps(doc, ensure_ascii=False, sort_keys=True,
                           separators=(",", ":")).encode("utf-8")
 
@@ -223,9 +251,14 @@ class Header:
                 raise _HeaderProblem(f"unsupported checksum {doc['checksum']!r} "
                                      f"(this tzero knows {CHECKSUM})")
             datasets = [Dataset(d["name"], d["size"]) for d in doc["datasets"]]
+            base = doc.get("base")
+            if base is not None:
+                if not isinstance(base, dict):
+                    raise _HeaderProblem("base must be a JSON object")
+                base = Base(base["file"], base["digest"], base["time_zero"])
             header = cls(tool_version=doc["tool_version"], time_zero=doc["time_zero"],
                          chunk_size=doc["chunk_size"], datasets=datasets,
-                         extra=doc.get("extra", {}), format_version=doc["format_version"])
+                         extra=doc.get("extra", {}), format_version=doc["format_version"], base=base)
         except _HeaderProblem as e:
             raise FormatError(str(e), section="header") from None
         except KeyError as e:
@@ -242,6 +275,30 @@ class _HeaderProblem(Exception):
     pass
 
 
+def _base_problem(base: object, version: int) -> str | None:
+    """Why BASE cannot be the base member of a header of VERSION, or None."""
+    if version < INCREMENTAL_VERSION:
+        return None if base is None else f"a version {version} stream cannot name a base"
+    if not isinstance(base, Base):
+        return f"a version {version} stream names its base"
+    problem = file_name_problem(base.file)
+    if problem:
+        return f"base: {problem}"
+    digest: object = base.digest
+    if not isinstance(digest, str) or len(digest) != 2 * CHECK_SIZE or digest.strip("0123456789abcdef"):
+        return f"base digest {digest!r} is not {2 * CHECK_SIZE} lowercase hex digits"
+    if not _is_iso8601(base.time_zero):
+        return f"base time_zero {base.time_zero!r} is not an ISO 8601 time"
+    return None
+
+
+def file_name_problem(name: object) -> str | None:
+    """Why NAME cannot be a base's file name, or None: it is looked up beside the incremental,
+    so it must stay there (the rules of dataset names)."""
+    problem = dataset_name_problem(name)
+    return problem.replace("dataset name", "file name") if problem else None
+
+
 def is_int(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -256,9 +313,12 @@ def _is_iso8601(v: object) -> bool:
     return True
 
 
-def codec_problem(codec: int, flags: int, reserved: int, reserved2: int, length: int, stored: int) -> str | None:
-    if flags or reserved or reserved2:
+def codec_problem(codec: int, flags: int, reserved: int, reserved2: int, length: int, stored: int,
+                  version: int) -> str | None:
+    if reserved or reserved2 or flags & ~RECORD_ZERO or (flags and version < INCREMENTAL_VERSION):
         return "reserved record fields are not zero"
+    if flags & RECORD_ZERO:
+        return None if codec == CODEC_RAW and stored == 0 else "a zero record stores bytes"
     if codec not in CODECS:
         return f"unknown record codec {codec}"
     if codec == CODEC_RAW and stored != length:

@@ -10,6 +10,7 @@ from backupformat.fileobj import OutputFile, write_all
 from backupformat.spec import (
     END_MAGIC,
     FORMAT_VERSION,
+    INCREMENTAL_VERSION,
     INDEX_ENTRY,
     INDEX_HEAD,
     INDEX_TAG,
@@ -19,6 +20,7 @@ from backupformat.spec import (
     PREAMBLE,
     RECORD_HEAD,
     RECORD_TAG,
+    RECORD_ZERO,
     SUPPORTED_VERSIONS,
     TRAILER_FIELDS,
     TRAILER_TAG,
@@ -54,14 +56,16 @@ class StreamWriter:
 
     def __init__(self, out: OutputFile, header: Header, codec: int = CODEC_RAW,
                  level: int = DEFAULT_ZSTD_LEVEL) -> None:
+        if header.format_version not in SUPPORTED_VERSIONS:
+            raise ValueError(f"this writer writes format versions {SUPPORTED_VERSIONS} (full streams: "
+                             f"{FORMAT_VERSION}, incremental: {INCREMENTAL_VERSION})")
         problem = header.problem()
         if problem:
             raise ValueError(problem)
-        if header.format_version not in SUPPORTED_VERSIONS:
-            raise ValueError(f"this writer writes format versions {SUPPORTED_VERSIONS} (newest {FORMAT_VERSION})")
         self._out = out
         self._encoder = Encoder(codec, level)  # records are stored with this codec when it pays
         self._datasets = list(header.datasets)
+        self._incremental = header.format_version >= INCREMENTAL_VERSION
         self._digest = xxhash.xxh3_128()  # every byte before the digest itself, payloads as the version says
         self._payloads_in_digest = payloads_in_digest(header.format_version)
         self._index = bytearray()
@@ -108,6 +112,22 @@ class StreamWriter:
         self._records += 1
         self._data_bytes += length
         self._stored_bytes += stored
+        self._dataset = dataset_index
+        self._next_offset = offset + length
+
+    def write_zero(self, dataset_index: int, offset: int, length: int) -> None:
+        """Append a zero record (an incremental stream only): LENGTH bytes at OFFSET changed
+        since the base and are now zero. The same order rules as write(); no payload."""
+        self._check_open()
+        if not self._incremental:
+            raise ValueError("zero records belong to incremental streams: a full stream leaves zeros out")
+        self._check_place(dataset_index, offset, length)
+        head = RECORD_HEAD.pack(RECORD_TAG, CODEC_RAW, RECORD_ZERO, 0, dataset_index, length, offset, 0, 0)
+        position = self.bytes_written
+        self._guarded(self._emit, head, xxhash.xxh3_128(head).digest())
+        self._index += INDEX_ENTRY.pack(dataset_index, CODEC_RAW, RECORD_ZERO, 0, offset, length, 0, position)
+        self._records += 1
+        self._data_bytes += length
         self._dataset = dataset_index
         self._next_offset = offset + length
 

@@ -1,9 +1,10 @@
 """nbdkit entry points serving a backup file read-only: one export per dataset.
 
-Run as `nbdkit -r python nbdplugin/backup_plugin.py backup=PATH` (tzero serve-backup
-builds this command line). Export NAME is dataset NAME; the default export is
-the first dataset. Each callback is a few lines that delegate to
-backupformat/view.py, which reads records through the stream's index.
+Run as `nbdkit -r python nbdplugin/backup_plugin.py backup=PATH [backup=BASE ...]`
+(tzero serve-backup builds this command line: an incremental backup, then its bases
+down to the full one). Export NAME is dataset NAME; the default export is the first
+dataset. Each callback is a few lines that delegate to backupformat/view.py, which
+reads records through the streams' indexes and serves the chain's merged image.
 
 Thread model: SERIALIZE_ALL_REQUESTS. All exports share one file position and
 one cache of decoded records, and decoding holds the GIL anyway.
@@ -21,15 +22,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import nbdkit  # noqa: E402
 
-from backupformat.view import BackupFile, DatasetView, FormatError  # noqa: E402
+from backupformat.view import Chain, DatasetView, FormatError  # noqa: E402
 
 API_VERSION = 2
 # At most this many extents answer one block-status request, and one with REQ_ONE: a client
 # asking about a long range of a backup with many records asks again from where they end.
 EXTENTS_PER_REPLY = 1024
 
-_config: dict[str, str] = {}  # "backup": PATH, set by config
-_state: dict[str, BackupFile] = {}  # "backup": BackupFile, made in get_ready, never replaced
+_paths: list[str] = []  # the backup=PATH parameters, newest first, set by config
+_state: dict[str, Chain] = {}  # "backup": the chain, made in get_ready, never replaced
 
 
 def _fail(err: int, message: str) -> NoReturn:
@@ -44,16 +45,16 @@ def thread_model() -> int:
 def config(key: str, value: str) -> None:
     if key != "backup":
         raise RuntimeError(f"unknown parameter {key!r} (expected backup=PATH)")
-    _config["backup"] = os.path.abspath(value)
+    _paths.append(os.path.abspath(value))
 
 
 def config_complete() -> None:
-    if "backup" not in _config:
+    if not _paths:
         raise RuntimeError("no backup: give backup=PATH")
 
 
 def get_ready() -> None:
-    _state["backup"] = BackupFile(_config["backup"])
+    _state["backup"] = Chain(_paths)
 
 
 def cleanup() -> None:

@@ -348,7 +348,7 @@ def test_reader_short_non_tzero_file_reports_bad_magic():
 def test_reader_unknown_version_refused_with_clear_line():
     blob = bytearray(build())
     blob[8:12] = struct.pack("<I", 7)
-    assert str(fail(bytes(blob))) == "header: unsupported format version 7 (this tzero reads 1, 2)"
+    assert str(fail(bytes(blob))) == "header: unsupported format version 7 (this tzero reads 1, 2, 3)"
 
 
 def test_reader_header_byte_flipped_refused():
@@ -654,5 +654,5 @@ def test_reader_stream_starting_inside_a_file_reads_from_the_end(tmp_path):
 def test_writer_unknown_format_version_refused_before_writing():
     out = io.BytesIO()
     with pytest.raises(ValueError, match="writes format versions"):
-        StreamWriter(out, header(*DATASETS, version=3))
+        StreamWriter(out, header(*DATASETS, version=4))
     assert out.getvalue() == b""
