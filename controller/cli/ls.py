@@ -2,7 +2,9 @@
 from their headers (and trailers).
 
 Reads the header, plus the trailer at the end when the backup is a seekable file; it does
-not verify the records (that is `tzero verify`). A folder is listed by reading the first
+not verify the records (that is `tzero verify`). For one incremental backup it finds the
+chain of bases as restore does and lists it; a missing or replaced base is listed as far as
+it goes, then fails naming it. A folder is listed by reading the first
 bytes of each regular file in it: files that are not tzero backups are left out, backups
 whose header or trailer is damaged are listed as such (and the exit status is then 4).
 """
@@ -13,11 +15,12 @@ import json
 import os
 from typing import TypedDict
 
-from backupformat import FormatError
+from backupformat import FormatError, Header, StreamReader
 from backupformat.spec import MAGIC
 from common.units import human_size
 from controller.cli.args import Subparsers, command
 from controller.errors import BackupFormatError, TzeroError
+from controller.restore.chain import opened_chain
 from controller.restore.verify import backup_label, opened_backup
 
 DESCRIPTION = """\
@@ -43,6 +46,12 @@ class DatasetSize(TypedDict):
     size: int
 
 
+class ChainMember(TypedDict):
+    backup: str
+    kind: str
+    time_zero: str
+
+
 class Listing(TypedDict):
     """What ls shows of one backup: one JSON object with --json (docs/json.md)."""
 
@@ -52,7 +61,9 @@ class Listing(TypedDict):
     time_zero: str
     label: str | None
     note: str | None
-    kind: str
+    kind: str  # "full" or "incremental"
+    base: dict[str, str] | None  # an incremental's base: file, digest, time_zero
+    chain: list[ChainMember] | None  # ls of one backup: it, then its bases, newest first
     chunk_size: int
     datasets: list[DatasetSize]
     size: int  # the datasets' sizes added up
@@ -84,24 +95,28 @@ def register(subparsers: Subparsers) -> None:
                 description=DESCRIPTION, examples=EXAMPLES)
     p.add_argument("backup", metavar="BACKUP|DIR", help="a backup file, - for standard input, or a folder")
     p.add_argument("--json", action="store_true", help="print one JSON object (docs/json.md)")
+    p.add_argument("--base", dest="bases", action="append", metavar="FILE",
+                   help="a base of an incremental backup (repeat for each), instead of looking beside it")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.backup != "-" and os.path.isdir(args.backup):
         return _run_folder(args)
-    info, problem = listing(args.backup)
+    info, problem = listing(args.backup, chain_bases=args.bases or [])
     print(json.dumps(info, ensure_ascii=False) if args.json else _text(info))
     if problem:
         raise BackupFormatError(problem)
     return 0
 
 
-def listing(path: str) -> tuple[Listing, str | None]:
-    """What PATH holds, and what is wrong with its trailer (or None). BackupFormatError when
-    even its header cannot be read."""
+def listing(path: str, chain_bases: list[str] | None = None) -> tuple[Listing, str | None]:
+    """What PATH holds, and what is wrong with its trailer or its chain (or None). BackupFormatError
+    when even its header cannot be read. With CHAIN_BASES (a list, maybe empty: the --base files),
+    an incremental's chain is found and listed."""
     label = backup_label(path)
     trailer, problem = None, None
+    chain: list[ChainMember] | None = None
     with opened_backup(path) as reader:
         header = reader.header
         if reader.seekable:
@@ -109,6 +124,9 @@ def listing(path: str) -> tuple[Listing, str | None]:
                 trailer = reader.read_trailer()
             except FormatError as e:
                 problem = f"{label}: {e}"  # still show the header, then fail
+        if chain_bases is not None:
+            chain, broken = _chain(path, reader, chain_bases)
+            problem = problem or broken
     extra = header.extra
     info: Listing = {
         "backup": label,
@@ -117,7 +135,9 @@ def listing(path: str) -> tuple[Listing, str | None]:
         "time_zero": header.time_zero,
         "label": _text_or_none(extra.get("label")),
         "note": _text_or_none(extra.get("note")),
-        "kind": _text_or_none(extra.get("kind")) or "full",
+        "kind": _kind(header),
+        "base": header.base._asdict() if header.base else None,
+        "chain": chain,
         "chunk_size": header.chunk_size,
         "datasets": [{"name": d.name, "size": d.size} for d in header.datasets],
         "size": sum(d.size for d in header.datasets),
@@ -126,12 +146,28 @@ def listing(path: str) -> tuple[Listing, str | None]:
         "data_bytes": trailer.data_bytes if trailer else None,
         "stored_bytes": trailer.stored_bytes if trailer else None,
         "stream_bytes": trailer.stream_bytes if trailer else None,
-        # data bytes per stored byte: above 1 when records are compressed
+        # data bytes per stored byte: above 1 when records are compressed (not told for an incremental,
+        # whose zero records count as data and store nothing)
         "compression_ratio": round(trailer.data_bytes / trailer.stored_bytes, 3)
-        if trailer and trailer.stored_bytes else None,
+        if trailer and trailer.stored_bytes and not header.base else None,
         "extra": extra,
     }
     return info, problem
+
+
+def _kind(header: Header) -> str:
+    return "incremental" if header.base else _text_or_none(header.extra.get("kind")) or "full"
+
+
+def _chain(path: str, reader: StreamReader, bases: list[str]) -> tuple[list[ChainMember], str | None]:
+    """The backup and its bases, newest first; or the backup alone and why its chain is broken."""
+    try:
+        with opened_chain(path, bases, top=reader) as chain:
+            return [{"backup": s.label, "kind": _kind(r.header), "time_zero": r.header.time_zero}
+                    for s, r in zip(chain.sources, chain.readers, strict=True)], None
+    except BackupFormatError as e:
+        return [{"backup": backup_label(path), "kind": _kind(reader.header),
+                 "time_zero": reader.header.time_zero}], e.message
 
 
 def _text_or_none(value: object) -> str | None:
@@ -149,6 +185,15 @@ def _text(info: Listing) -> str:
     if info["note"] is not None:
         lines.append(f"note        {info['note']}")
     lines.append(f"chunk size  {human_size(info['chunk_size'])}")
+    base = info["base"]
+    if base is not None:
+        lines.append(f"kind        incremental, since {base['file']} (time zero {base['time_zero']}, "
+                     f"digest {base['digest']})")
+        if info["chain"] is not None:
+            lines.append(f"chain       {len(info['chain'])} backups, oldest first: "
+                         + ", ".join(m["backup"] for m in reversed(info["chain"])))
+    else:
+        lines.append(f"kind        {info['kind']}")
     if info["records"] is not None:
         assert info["data_bytes"] is not None and info["stream_bytes"] is not None, "a trailer gives all of them"
         lines.append(f"records     {info['records']}, {human_size(info['data_bytes'])} of data, "

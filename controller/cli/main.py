@@ -14,7 +14,8 @@ from controller.cli import settings
 from controller.cli.args import PROG, TzeroParser, epilog, global_options
 from controller.errors import EXIT_BUG, EXIT_FAILURE, TzeroError
 
-COMMANDS = ["serve", "backup", "restore", "verify", "ls", "status", "serve-backup", "attach", "detach", "certs"]
+COMMANDS = ["serve", "backup", "restore", "verify", "ls", "status", "serve-backup", "consolidate", "attach", "detach",
+            "certs"]
 
 DESCRIPTION = f"""\
 Time-zero backups of live block devices served over NBD.

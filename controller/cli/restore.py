@@ -5,15 +5,17 @@ import json
 import os
 import time
 
+from backupformat.chain import merged
 from common.units import human_duration, human_size
 from controller.cli import progress
 from controller.cli.args import Subparsers, command, setting
 from controller.cli.progress import Progress
 from controller.errors import UsageError
 from controller.progress import WaitClock
+from controller.restore.chain import opened_chain
 from controller.restore.restore import restore
 from controller.restore.targets import is_nbd_uri, open_target, plan_directory
-from controller.restore.verify import backup_label, opened_backup
+from controller.restore.verify import backup_label
 
 DESCRIPTION = """\
 Restore datasets from a backup. Without --dataset, write DIR/NAME.img (raw, sparse,
@@ -27,13 +29,19 @@ alone.
 The whole backup is read once and verified as it goes; files appear under their names
 only once it has all verified (until then they are NAME.img.partial). A device or an
 export is written in place: a failure midway says that it is incomplete. An unknown
-dataset NAME is a usage error (exit 2)."""
+dataset NAME is a usage error (exit 2).
+
+An incremental backup is restored with its chain of bases, found beside it by the names
+it records (or given with --base): each block is written once, from the newest backup
+that holds it, and nothing is committed before every backup of the chain and every link
+verified. A missing, replaced or altered base is one line naming it (exit 4)."""
 
 EXAMPLES = (
     ("tzero restore nightly.tzb --to /srv/restored", "every dataset as /srv/restored/NAME.img"),
     ("tzero restore nightly.tzb --dataset db --to /dev/vg/db", "one dataset onto a block device"),
     ("ssh tape cat /tape/n.tzb | tzero restore - --dataset vm1 --to 'nbd+unix:///vm1?socket=/run/s1.sock'",
      "one dataset from a pipe onto a live NBD export"),
+    ("tzero restore tue.tzb --to /srv/restored", "an incremental backup, with mon.tzb and nightly.tzb beside it"),
 )
 
 
@@ -44,6 +52,8 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--to", required=True, metavar="DIR|PATH|NBD-URI", help="where to restore")
     p.add_argument("--dataset", metavar="NAME", help="restore only this dataset")
     p.add_argument("--force", action="store_true", help="replace existing image files")
+    p.add_argument("--base", dest="bases", action="append", metavar="FILE",
+                   help="a base of an incremental backup (repeat for each), instead of looking beside it")
     p.add_argument("--json", action="store_true", help="print one JSON object when done (docs/json.md)")
     progress.add_options(p)
     setting(p, "--tls-certificates", key="tls-certificates", default=None, metavar="DIR",
@@ -58,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
                                  (os.path.exists(args.to) and not os.path.isdir(args.to))):
         raise UsageError(f"--to {args.to} is not a directory; to restore one dataset onto a "
                          "file, device or NBD URI, name it with --dataset NAME")
-    with opened_backup(args.backup) as reader:
+    with opened_chain(args.backup, args.bases) as chain:
+        reader = chain.top
         header = reader.header
         if args.dataset is None:
             plan = plan_directory(header, args.to, args.force)
@@ -74,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         wait = WaitClock("waiting on the target writes")
         shown.why_slow = wait.reason
         try:
-            targets = restore(reader, label, plan, shown.update, wait)
+            targets = restore(reader, label, plan, shown.update, wait, merged(chain.readers), chain.error)
             shown.finish()
         finally:
             shown.close()

@@ -11,13 +11,14 @@ import argparse
 import os
 import shlex
 
+from backupformat import FormatError
 from common.endpoint import Endpoint, bracketed
 from common.units import human_size
 from controller.cli.args import Subparsers, command
 from controller.errors import UsageError
 from controller.nbd.nbdkit_runner import PLUGIN_DIR, listen_args, require_nbdkit, run_nbdkit, serves_nbd
 from controller.net.listen import NbdListen, checked_certificates, checked_transport
-from controller.restore.verify import opened_backup
+from controller.restore.chain import LocalBackup, opened_chain
 
 PLUGIN = os.path.join(PLUGIN_DIR, "backup_plugin.py")
 
@@ -28,7 +29,9 @@ Serve every dataset of BACKUP as a read-only NBD export named after it, such as
 nbdcopy, nbdinfo, guestfish or a kernel /dev/nbdN (tzero attach --read-only) read a
 backup in place, without restoring it. Bytes no record holds read as zeros and are
 reported as holes. Runs in the foreground until SIGTERM or SIGINT; prints 'ready' and
-the URI of every export once the socket serves."""
+the URI of every export once the socket serves. An incremental backup is served merged
+with its chain of bases (found beside it, or given with --base): the image at its time
+zero."""
 
 EXAMPLES = (
     ("tzero serve-backup nightly.tzb --socket /run/b.sock", "serve a backup's datasets"),
@@ -51,19 +54,29 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--insecure-plaintext-tcp", action="store_true",
                    help="allow TCP without TLS on loopback, where any local user can then read the backup")
     p.add_argument("--pidfile", metavar="FILE", help="written once the socket serves NBD")
+    p.add_argument("--base", dest="bases", action="append", metavar="FILE",
+                   help="a base of an incremental backup (repeat for each), instead of looking beside it")
     p.set_defaults(func=run)
 
 
-def _check(args: argparse.Namespace) -> list[tuple[str, int]]:
-    """Everything that can be wrong before nbdkit starts, as one line; the datasets (name, size)."""
+def _check(args: argparse.Namespace) -> tuple[list[tuple[str, int]], list[str]]:
+    """Everything that can be wrong before nbdkit starts, as one line; the datasets (name, size)
+    and the chain's files, newest first."""
     require_nbdkit()
     if args.backup == "-":
         raise UsageError("serve-backup needs a backup file it can seek in, not standard input")
-    with opened_backup(args.backup) as reader:
-        reader.read_index()
-        if not reader.header.datasets:
+    with opened_chain(args.backup, args.bases) as chain:
+        for i, reader in enumerate(chain.readers):
+            try:
+                reader.read_index()
+            except FormatError as e:
+                e.layer = i
+                raise
+        header = chain.top.header
+        if not header.datasets:
             raise UsageError(f"{args.backup} holds no datasets to serve")
-        return [(d.name, d.size) for d in reader.header.datasets]
+        paths = [os.path.abspath(s.path) for s in chain.sources if isinstance(s, LocalBackup)]
+        return [(d.name, d.size) for d in header.datasets], paths
 
 
 def _listen(args: argparse.Namespace) -> NbdListen:
@@ -82,10 +95,10 @@ def _listen(args: argparse.Namespace) -> NbdListen:
 
 
 def run(args: argparse.Namespace) -> int:
-    datasets = _check(args)
+    datasets, paths = _check(args)
     where = _listen(args)
     cmd = ["nbdkit", "-f", "-r", "--exit-with-parent", *(["-v"] if args.verbose else []), *listen_args(where),
-           "python", PLUGIN, f"backup={os.path.abspath(args.backup)}"]
+           "python", PLUGIN, *[f"backup={p}" for p in paths]]
     lines = [f"tzero serve-backup: ready; serving {args.backup}"]
     for name, size in datasets:
         if where.socket is not None:

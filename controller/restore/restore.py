@@ -7,9 +7,9 @@ is aborted and one error says what happened to them.
 """
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from backupformat import FormatError, StreamReader
+from backupformat import FormatError, Record, StreamReader
 from controller.errors import BackupFormatError, RestoreError, TzeroError
 from controller.progress import WaitClock
 from controller.restore.targets import Target, abort_all
@@ -20,20 +20,25 @@ ProgressCallback = Callable[[int, str], None]
 
 
 def restore(reader: StreamReader, label: str, plan: dict[int, Target], progress: ProgressCallback | None = None,
-            target_wait: WaitClock | None = None) -> list[Target]:
+            target_wait: WaitClock | None = None, records: Iterable[Record] | None = None,
+            describe: Callable[[FormatError], TzeroError] | None = None) -> list[Target]:
     """Write the records of every dataset in PLAN (dataset index -> target), verify
     the whole stream, then commit every target. Returns the targets in order.
     PROGRESS is told after every record; TARGET_WAIT gets the time spent in the targets' writes.
+    RECORDS: what to write instead of READER's own records, verified as they are iterated (an
+    incremental's chain, backupformat.chain.merged: data only, zeros are gaps).
 
     On failure every target is aborted and one error leaves: BackupFormatError
-    for a damaged backup (LABEL names it), RestoreError for a target; for an
-    in-place target already touched, RestoreError saying it is incomplete.
+    for a damaged backup (DESCRIBE makes it from the FormatError; by default LABEL
+    names it), RestoreError for a target; for an in-place target already touched,
+    RestoreError saying it is incomplete.
     """
     starts = stream_positions(reader)
     names = [d.name for d in reader.header.datasets]
     waited = target_wait or WaitClock("")
+    describe = describe or (lambda e: BackupFormatError(f"{label}: {e}"))
     try:
-        for rec in reader.records():
+        for rec in reader.records() if records is None else records:
             target = plan.get(rec.dataset_index)
             if target is not None:
                 started = time.monotonic()
@@ -45,22 +50,23 @@ def restore(reader: StreamReader, label: str, plan: dict[int, Target], progress:
             target.finish()
     except BaseException as e:
         abort_all(plan)
-        raise _failure(e, label, plan) from None
+        raise _failure(e, label, plan, describe) from None
     try:
         for target in plan.values():
             target.commit()
     except BaseException as e:
         abort_all(plan)
-        raise _failure(e, label, plan) from None
+        raise _failure(e, label, plan, describe) from None
     return list(plan.values())
 
 
-def _failure(e: BaseException, label: str, plan: dict[int, Target]) -> BaseException:
+def _failure(e: BaseException, label: str, plan: dict[int, Target],
+             describe: Callable[[FormatError], TzeroError]) -> BaseException:
     """The one error to report for E, given what the targets went through."""
     error: BaseException
     if isinstance(e, FormatError):
-        reason = f"{label}: {e}"
-        error = BackupFormatError(reason)
+        error = describe(e)
+        reason = error.message
     elif isinstance(e, TzeroError):
         reason, error = e.message, e
     elif isinstance(e, KeyboardInterrupt):

@@ -7,10 +7,11 @@ BackupFormatError a user sees, as one line that starts with the backup's name:
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO, NamedTuple
 
 from backupformat import FormatError, StreamReader
+from backupformat.chain import check_chain
 from controller.errors import BackupFormatError, TzeroError
 
 STDIN = "-"
@@ -80,3 +81,23 @@ def verify(reader: StreamReader, progress: Callable[[int, str], None] | None = N
     assert t is not None, "a stream read to its end has its trailer"
     return Summary(len(reader.header.datasets), t.record_count, t.data_bytes,
                    t.stream_bytes, t.digest)
+
+
+def verify_chain(readers: Sequence[StreamReader], progress: Callable[[int, str], None] | None = None) -> Summary:
+    """Verify every stream of a chain (newest first) whole, then every link with the digests
+    just computed (backupformat.chain.check_chain). Returns the newest stream's summary;
+    FormatError with `layer` at the first problem. PROGRESS counts the streams' datasets one
+    stream after another, the oldest first."""
+    summaries: list[Summary] = []
+    done = 0
+    for i, r in reversed(list(enumerate(readers))):
+        total = sum(d.size for d in r.header.datasets)
+        told = None if progress is None else (lambda at, name, base=done: progress(base + at, name))
+        try:
+            summaries.insert(0, verify(r, told))
+        except FormatError as e:
+            e.layer = i
+            raise
+        done += total
+    check_chain([r.header for r in readers], [s.digest for s in summaries])
+    return summaries[0]
