@@ -36,7 +36,7 @@ from common.fileio import Buffer
 from common.protocol import ranges_of
 from common.units import human_size
 from controller.backup.group import ConsistencyGroup, Member
-from controller.backup.layout import Piece, pieces
+from controller.backup.layout import Piece
 from controller.backup.ledger import Ledger
 from controller.backup.local_read import LocalRead
 from controller.backup.plan import Plan, recheck_partitions
@@ -108,7 +108,7 @@ class Copier(PressureRelief):
         self.request_bytes, count = pool_shape(read_budget, chunk_size, len(self.ledger.exports))
         self.pool = BufferPool(self.request_bytes, count)
         self.buffer = ReorderBuffer(host_memory - read_budget, spill_dir)
-        self.records = RecordAssembler(writer, RECORD_BYTES)
+        self.records = RecordAssembler(writer, RECORD_BYTES, zero_records=plan.changed is not None)
         self.readers: dict[str, ViewReader] = {}
         self.scheduler: Scheduler
         self._head: Piece | None = None  # the piece the stream waits for
@@ -179,7 +179,7 @@ class Copier(PressureRelief):
             raise
         local, why = LocalRead.open(export, member.local.get(export), size) if self.local else (None, "--read-path nbd")
         self.stats["read_path"][export] = "local" if local else f"nbd ({why})"
-        return ViewReader(export, handles, pieces(self.plan.datasets, self.chunk, export), local)
+        return ViewReader(export, handles, self.plan.pieces(self.chunk, export), local)
 
     def _taken(self, p: Piece) -> bool:
         """True for a piece that needs no read: already written (before the head), or fetched early."""
@@ -191,7 +191,7 @@ class Copier(PressureRelief):
     # --- the stream, in order -------------------------------------------------
 
     def _copy(self) -> None:
-        stream = pieces(self.plan.datasets, self.chunk)
+        stream = self.plan.pieces(self.chunk)
         for head in stream:
             self._head = head
             self.group.check()
@@ -279,9 +279,10 @@ class Copier(PressureRelief):
         self.progress(self._done_bytes, self.plan.datasets[first.dataset].name)
 
     def _emit(self, piece: Piece, data: Buffer | None, source: Read | None = None, at: int = 0) -> None:
-        """Add PIECE's DATA (None when all zero) to the stream; SOURCE/AT: see RecordAssembler.add."""
+        """Add PIECE's DATA (None when all zero: left out of a full stream, a zero record in an
+        incremental one) to the stream; SOURCE/AT: see RecordAssembler.add."""
         if data is None:
-            self.records.flush()
+            self.records.add_zero(piece.dataset, piece.logical, piece.length)
             self.stats["chunks_zero"] += 1
         else:
             self.records.add(piece.dataset, piece.logical, data, source, at)

@@ -58,6 +58,8 @@ MIN_REPLY_TIMEOUT_S = 1.0  # however short the lease, a reply may take this long
 
 # Control path -> {export: [[offset, length], ...]}: what `open` tracks on each member.
 Tracks = dict[str, dict[str, list[list[int]]]]
+# Control path -> {export: generation}: the base an incremental counts from, on each member.
+Since = dict[str, dict[str, str]]
 
 
 class ExportEntry(TypedDict):
@@ -94,10 +96,13 @@ class Member:
     nbd: NbdAddress  # where to dial its NBD (a wildcard bind resolved to an address to dial)
     chunk_size: int
     tls_dir: str | None = None  # the certificates its NBD connections use, when it requires TLS
+    tracking: JsonObject | None = None  # hello's: whether it tracks changes; None from a subsystem that cannot
     # Set by open (before the heartbeat starts), never changed.
     session: str = ""
     views: dict[str, str] = field(default_factory=dict)  # export -> its time-zero view's export name
     local: dict[str, LocalInfo] = field(default_factory=dict)  # export -> what reading it here needs
+    generation: str | None = None  # what its exports' change maps count from once the session closes
+    changes: dict[str, JsonObject] = field(default_factory=dict)  # export -> {known, reason} for open's since
     # Written by the heartbeat thread and by the copy loop (release replies; the copier clears
     # `pressure` when it acts on it), read by the copy loop: atomic attributes (see above).
     pressure: bool = False
@@ -137,7 +142,7 @@ class ConsistencyGroup:
             client = ControlClient(path, self.tls_dir, self.reply_timeout)
             info = client.info
             m = Member(client, info["exports"], self._nbd_address(client, info.get("nbd", {})), info["chunk_size"],
-                       self.tls_dir)
+                       self.tls_dir, info.get("tracking"))
             self.members.append(m)
             for e in info["exports"]:
                 if e["name"] in names:
@@ -167,22 +172,61 @@ class ConsistencyGroup:
                                  "address: tzero reads views over a network only with TLS")
         return {"host": host, "port": nbd["port"], "tls": bool(nbd.get("tls"))}
 
-    def open(self, tracks: Tracks | None = None) -> None:
+    def open(self, tracks: Tracks | None = None, since: Since | None = None, keep: Tracks | None = None) -> None:
         """Open a session on every member, on all its exports. With TRACKS (control path ->
         {export: [[offset, length], ...]}): only on the members named there, for the exports
-        named there, tracking only those ranges; the other members are let go untouched."""
+        named there, tracking only those ranges; the other members are let go untouched.
+        With SINCE (control path -> {export: generation}), the sessions count from that base:
+        each member's `changes` says whether it knows what changed since (unknown_changes), and
+        at freeze keeps tracked only the changed chunks and KEEP's ranges."""
         if tracks is not None:
             for m in self.members:
                 if m.where not in tracks:
                     m.client.close()
             self.members = [m for m in self.members if m.where in tracks]
         for m in self.members:
+            fields: dict[str, object] = {"lease_ms": self.lease_ms}
             if tracks is None:
-                reply = m.client.request("open", exports=[e["name"] for e in m.exports], lease_ms=self.lease_ms)
+                fields["exports"] = [e["name"] for e in m.exports]
             else:
-                reply = m.client.request("open", exports=list(tracks[m.where]), lease_ms=self.lease_ms,
-                                         track=tracks[m.where])
+                fields.update(exports=list(tracks[m.where]), track=tracks[m.where])
+            if since is not None:
+                fields["since"] = since.get(m.where, {})
+                fields["keep"] = (keep or {}).get(m.where, {})
+            reply = m.client.request("open", **fields)
             m.session, m.views, m.local = reply["session"], reply["views"], reply.get("local", {})
+            m.generation, m.changes = reply.get("generation"), reply.get("changes", {})
+
+    def unknown_changes(self, since: Since) -> str | None:
+        """Why some export's changes since its SINCE base are not known (before open: a member that
+        does not track changes; after open: what its `changes` said), or None if all are known."""
+        for m in self.members:
+            for export in since.get(m.where, {}):
+                if m.tracking is None:
+                    return f"{m.where} does not track changes (an older tzero serve?)"
+                if not m.tracking.get("enabled"):
+                    return f"{m.where} does not track changes (it runs with --no-tracking)"
+                known = m.changes.get(export)
+                if known is not None and not known["known"]:
+                    return f"export {export!r} on {m.where}: {known['reason']}"
+        return None
+
+    def changed_chunks(self, m: Member, export: str) -> bytearray:
+        """EXPORT's chunks changed since the base open named (one byte each, 1: changed), paged in."""
+        size = next(e["size"] for e in m.exports if e["name"] == export)
+        changed = bytearray(-(-size // m.chunk_size))
+        first: int | None = 0
+        while first is not None:
+            reply = m.client.request("changes", export=export, first=first)
+            for start, count in reply["ranges"]:
+                changed[start:start + count] = b"\x01" * count
+            first = reply["next"]
+        return changed
+
+    def end_sessions(self, reason: str) -> None:
+        """Abort every member's session before its freeze and keep the connections, to open again."""
+        for m in self.members:
+            m.client.request("abort", reason=reason)
 
     def freeze_and_thaw(self) -> TimeZero:
         """Take time zero: freeze() then thaw(). Returns time_zero (epoch s), pause_ms (per

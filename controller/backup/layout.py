@@ -150,3 +150,15 @@ def overlaps(datasets: list[Dataset]) -> str | None:
                 return f"dataset {first!r} uses bytes of export {e1!r} twice"
             return f"datasets {first!r} and {second!r} overlap on export {e1!r} at byte {start2}"
     return None
+
+
+def describe(ds: Dataset) -> dict[str, object]:
+    """What a stream's header extra says of a dataset: its spec and where its bytes came from
+    (docs/format.md): what an incremental backup compares with its base's."""
+    layout = ds.layout
+    where: dict[str, object]
+    if isinstance(layout, Striped):
+        where = {"layout": "stripe", "chunk": layout.chunk, "legs": layout.legs, "leg_size": layout.leg_size}
+    else:
+        where = {"layout": "linear", "extents": [list(x) for x in layout.extents]}
+    return {"name": ds.name, "spec": ds.spec, **where}

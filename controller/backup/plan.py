@@ -12,9 +12,14 @@ must be known before the freeze. Its sectors are tracked too, and the copier
 reads the table again from the time-zero view and refuses to go on if the
 partition moved in between (`recheck_partitions`): the backup then holds
 exactly the partition as it was at time zero, or nothing.
+
+An incremental backup (`narrow`) takes only the pieces whose concordance chunk changed
+since its base: claims, pieces and pieces_at leave the others out. A partition table is
+still read whole (the `keeps` ranges stay tracked whether they changed or not), since the
+check reads it through the time-zero view.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import nbd
@@ -22,7 +27,7 @@ import nbd
 from common.units import exact_size
 from controller.backup.dataspec import DatasetSpec
 from controller.backup.group import Member, Tracks
-from controller.backup.layout import Dataset, Layout, Linear, Striped, overlaps
+from controller.backup.layout import Dataset, Layout, Linear, Piece, Striped, overlaps, pieces, pieces_at
 from controller.backup.partitions import PartitionError, TableReader, find_partition
 from controller.backup.view_reader import ViewReader
 from controller.errors import SessionAborted, UsageError
@@ -44,16 +49,50 @@ class Plan:
     datasets: list[Dataset]  # in stream order
     owner: dict[str, Member]  # export name -> the member serving it
     checks: list[PartitionCheck]
+    # Set by narrow, after time zero, for an incremental backup: export -> one byte per chunk of
+    # GRID bytes, 1 where it changed since the base. None: a full backup, every piece.
+    changed: dict[str, bytes | bytearray] | None = None
+    grid: int = 0
+
+    def narrow(self, changed: dict[str, bytes | bytearray], grid: int) -> None:
+        self.changed, self.grid = changed, grid
+
+    def wanted(self, p: Piece) -> bool:
+        return self.changed is None or bool(self.changed[p.export][p.physical // self.grid])
+
+    def pieces(self, grid: int, export: str | None = None) -> Iterator[Piece]:
+        """layout.pieces of the datasets that the backup takes (all, or only changed ones)."""
+        return (p for p in pieces(self.datasets, grid, export) if self.wanted(p))
+
+    def pieces_at(self, export: str, offset: int, length: int) -> list[Piece]:
+        return [p for p in pieces_at(self.datasets, export, offset, length) if self.wanted(p)]
 
     def claims(self) -> dict[str, list[tuple[int, int]]]:
-        """export -> the byte ranges the copier will take: every dataset extent, every table."""
+        """export -> the byte ranges the copier will take: every dataset extent (or its changed
+        chunks), every table."""
         claims: dict[str, list[tuple[int, int]]] = {}
         for ds in self.datasets:
             for e, off, n in ds.layout.extents:
-                claims.setdefault(e, []).append((off, n))
+                claims.setdefault(e, []).extend(self._changed_parts(e, off, n))
         for c in self.checks:
             claims.setdefault(c.export, []).extend(c.table)
         return claims
+
+    def _changed_parts(self, export: str, offset: int, length: int) -> list[tuple[int, int]]:
+        if self.changed is None:
+            return [(offset, length)]
+        bits, grid, end = self.changed[export], self.grid, offset + length
+        return [(max(offset, first * grid), min(end, (first + count) * grid) - max(offset, first * grid))
+                for first, count in _runs(bits, offset // grid, (end - 1) // grid + 1)]
+
+    def keeps(self) -> Tracks:
+        """Control path -> {export: ranges} an incremental keeps tracked whether they changed or not:
+        the partition tables, which are read again through the time-zero view."""
+        out: Tracks = {}
+        for c in self.checks:
+            out.setdefault(self.owner[c.export].where, {}).setdefault(c.export, []).extend(
+                [off, n] for off, n in c.table)
+        return out
 
     def tracks(self) -> Tracks:
         """Control path -> {export: [[offset, length], ...]} (merged), for each member's open."""
@@ -61,6 +100,19 @@ class Plan:
         for export, ranges in self.claims().items():
             out.setdefault(self.owner[export].where, {})[export] = _merged(ranges)
         return out
+
+
+def _runs(bits: bytes | bytearray, start: int, stop: int) -> Iterator[tuple[int, int]]:
+    """(first, count) of the runs of set bytes of BITS within [START, STOP)."""
+    pos = start
+    while pos < stop:
+        first = bits.find(1, pos, stop)
+        if first < 0:
+            return
+        end = bits.find(0, first, stop)
+        end = stop if end < 0 else end
+        yield first, end - first
+        pos = end
 
 
 def _merged(ranges: list[tuple[int, int]]) -> list[list[int]]:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from controller.backup.group import ConsistencyGroup
-from controller.backup.layout import Piece, pieces_at
+from controller.backup.layout import Piece
 from controller.backup.ledger import Ledger
 from controller.backup.plan import Plan
 from controller.backup.reorder import ReorderBuffer
@@ -88,7 +88,7 @@ class PressureRelief:
         run: list[Piece] = []
         last = -1  # the chunk the run ends with, once it has one
         for c in chunks:
-            wanted = [p for p in pieces_at(self.plan.datasets, reader.export, c * self.chunk, self.chunk)
+            wanted = [p for p in self.plan.pieces_at(reader.export, c * self.chunk, self.chunk)
                       if key(p) >= key(first) and key(p) not in self.buffer]
             if not wanted:
                 continue

@@ -1,21 +1,23 @@
 """tzero backup: take a time-zero backup of designated datasets (default: every export) of
-the given subsystems."""
+the given subsystems; with --since BASE, only what changed since BASE (incremental.py)."""
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
 import sys
 import time
 
+from backupformat import INCREMENTAL_VERSION, Header, StreamWriter, parse_compression
 from backupformat import Dataset as StreamDataset
-from backupformat import Header, StreamWriter, parse_compression
 from common.units import human_duration, human_size
 from controller import __version__
 from controller.backup.copier import Copier, CopierStats, pool_shape
 from controller.backup.dataspec import parse_dataset
 from controller.backup.group import ConsistencyGroup, TimeZero
-from controller.backup.layout import Dataset, Striped
+from controller.backup.incremental import BaseBackup, changed_chunks, generations, open_sessions
+from controller.backup.layout import describe
 from controller.backup.output import BackupOutput
 from controller.backup.plan import Plan, make_plan
 from controller.cli import progress
@@ -49,6 +51,10 @@ class CopySummary(CopierStats):
 class Summary(CopySummary):
     """What a backup prints: the last line with --json (docs/datasets.md lists the counters)."""
 
+    kind: str  # "full" or "incremental"
+    base: dict[str, str] | None  # an incremental's base: file, digest, time_zero
+    full_reason: str | None  # with --since: why a full backup was taken instead (--full-if-needed)
+    changed_bytes: int | None  # an incremental: the dataset bytes changed since the base (what it holds)
     chunks_cow: int  # all subsystems, from their final statistics
     side_peak_bytes: int  # the largest of them
     elapsed_s: float
@@ -66,7 +72,15 @@ The backup goes to -o FILE (written as FILE.partial, renamed once complete and s
 or to standard output (-o -). Chunks fetched ahead of their place wait in --host-memory,
 then in a spill file in --spill-dir (default $TMPDIR or /tmp, which may be RAM: give a
 disk with room for the side stores' worth of chunks when applications write a lot).
-Dataset specs: docs/datasets.md."""
+Dataset specs: docs/datasets.md.
+
+With --since BASE the backup is incremental: only the chunks written, trimmed or zeroed
+since BASE's time zero are copied and stored, of the same datasets as BASE (its own, when
+no --dataset is given); restore, verify and serve-backup find BASE beside it by name. It
+is refused (exit 1, one line saying why) when a subsystem cannot vouch for every change
+since BASE (it was killed or crashed since, an image was written while it was not served,
+it runs with --no-tracking, BASE is not among its last 4 backups); --full-if-needed takes
+a full backup instead and says so (kind, full_reason)."""
 
 EXAMPLES = (
     ("tzero backup -s /run/s1.ctl -o nightly.tzb", "every export of one subsystem, whole"),
@@ -74,6 +88,8 @@ EXAMPLES = (
      "one time zero across two subsystems, down a pipe"),
     ("tzero backup -s /run/s1.ctl -o vol.tzb --compress zstd --dataset boot=vm1:p1 "
      "--dataset vol=stripe:64K:disk1,disk2", "a partition and a striped volume, compressed"),
+    ("tzero backup -s /run/s1.ctl -o tue.tzb --since mon.tzb --full-if-needed",
+     "only what changed since mon.tzb; a full backup when that cannot be known"),
 )
 
 
@@ -108,6 +124,12 @@ def register(subparsers: Subparsers) -> None:
                  "nbd: always over NBD")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object (docs/json.md)")
     p.add_argument("--force", action="store_true", help="replace an existing backup file")
+    p.add_argument("--since", metavar="BASE",
+                   help="an incremental backup: only what changed since BASE, an earlier backup (full or "
+                        "incremental) of the same datasets, to keep beside this one")
+    p.add_argument("--full-if-needed", action="store_true",
+                   help="with --since: take a full backup instead of refusing when the changes are not known "
+                        "(for scheduled jobs); the summary says which was taken and why")
     progress.add_options(p)
     p.set_defaults(func=run)
 
@@ -121,12 +143,18 @@ def run(args: argparse.Namespace) -> int:
     extra = catalog_entry(args.label, args.note)
     if args.read_path not in ("auto", "nbd"):
         raise UsageError(f"--read-path {args.read_path!r}: choose auto or nbd")
+    if args.full_if_needed and not args.since:
+        raise UsageError("--full-if-needed goes with --since")
     started = time.monotonic()
-    specs = [parse_dataset(a) for a in args.datasets or []]
     try:
         args.codec, args.level = parse_compression(args.compress)
     except ValueError as e:
         raise UsageError(f"--compress {e}") from None
+    base = BaseBackup.read(args.since) if args.since else None
+    note = base.placement_note(args.output) if base else None
+    if note:
+        print(f"tzero: {note}", file=sys.stderr)
+    specs = [parse_dataset(a) for a in args.datasets] if args.datasets else (base.specs() if base else [])
     tls_dir = os.path.abspath(args.tls_certificates) if args.tls_certificates else None
     group = ConsistencyGroup(args.controls, lease_ms=lease, deadline_ms=deadline, tls_dir=tls_dir)
     output = BackupOutput(args.output, args.force)
@@ -135,11 +163,14 @@ def run(args: argparse.Namespace) -> int:
         chunk = _common_chunk_size(group)
         plan = make_plan(specs, group.members)
         pool_shape(host_memory // 2, chunk, len(plan.claims()))  # a too small --host-memory, said before freezing
+        full_reason = open_sessions(group, plan, base, args.full_if_needed)
+        incremental = base if full_reason is None else None
         output.open()
-        group.open(plan.tracks())
         zero = group.freeze_and_thaw()
+        if incremental is not None:
+            plan.narrow(changed_chunks(group, plan), chunk)
         group.start_heartbeat()
-        summary = _copy(args, group, plan, chunk, host_memory, zero, output, extra)
+        summary = _copy(args, group, plan, chunk, host_memory, zero, output, extra, incremental)
         stats = group.close()
         output.commit()
     except BaseException as e:
@@ -148,6 +179,10 @@ def run(args: argparse.Namespace) -> int:
         output.discard()
         raise
     _report(args, {**summary,
+                   "kind": "full" if incremental is None else "incremental",
+                   "base": incremental.link()._asdict() if incremental else None,
+                   "full_reason": full_reason if base is not None and incremental is None else None,
+                   "changed_bytes": sum(n for c in plan.claims().values() for _, n in c) if incremental else None,
                    "chunks_cow": sum(s["chunks_cow"] for s in stats.values()),
                    "side_peak_bytes": max(s["side_peak_bytes"] for s in stats.values()),
                    "elapsed_s": round(time.monotonic() - started, 3)})
@@ -175,13 +210,15 @@ def _common_chunk_size(group: ConsistencyGroup) -> int:
 
 
 def _copy(args: argparse.Namespace, group: ConsistencyGroup, plan: Plan, chunk: int, host_memory: int,
-          zero: TimeZero, output: BackupOutput, catalog: dict[str, str]) -> CopySummary:
+          zero: TimeZero, output: BackupOutput, catalog: dict[str, str], base: BaseBackup | None) -> CopySummary:
     time_zero = datetime.datetime.fromtimestamp(zero["time_zero"], datetime.UTC).isoformat()
     datasets = plan.datasets
+    extra = {"pause_ms": zero["pause_ms"], "datasets": [describe(d) for d in datasets], "compression": args.compress,
+             "tracking": generations(group, plan), **catalog}
     header = Header(tool_version=__version__, time_zero=time_zero, chunk_size=chunk,
-                    datasets=[StreamDataset(d.name, d.size) for d in datasets],
-                    extra={"pause_ms": zero["pause_ms"], "datasets": [describe(d) for d in datasets],
-                           "compression": args.compress, **catalog})
+                    datasets=[StreamDataset(d.name, d.size) for d in datasets], extra=extra)
+    if base is not None:
+        header = dataclasses.replace(header, format_version=INCREMENTAL_VERSION, base=base.link())
     output_wait = WaitClock("waiting on the output writes")
     writer = StreamWriter(TimedWrites(output, output_wait), header, args.codec, args.level)
     progress = Progress(args, "backup", sum(d.size for d in datasets))
@@ -214,17 +251,6 @@ def _copy(args: argparse.Namespace, group: ConsistencyGroup, plan: Plan, chunk: 
     }
 
 
-def describe(ds: Dataset) -> dict[str, object]:
-    """What the header's extra says of a dataset: its spec and where its bytes came from."""
-    layout = ds.layout
-    where: dict[str, object]
-    if isinstance(layout, Striped):
-        where = {"layout": "stripe", "chunk": layout.chunk, "legs": layout.legs, "leg_size": layout.leg_size}
-    else:
-        where = {"layout": "linear", "extents": [list(x) for x in layout.extents]}
-    return {"name": ds.name, "spec": ds.spec, **where}
-
-
 def _report(args: argparse.Namespace, summary: Summary) -> None:
     out = sys.stderr if args.output == "-" else sys.stdout
     if args.json:
@@ -232,9 +258,13 @@ def _report(args: argparse.Namespace, summary: Summary) -> None:
         return
     if args.quiet:
         return
+    if summary["full_reason"]:
+        print(f"tzero: a full backup instead of an incremental one: {summary['full_reason']}", file=out)
+    base = summary["base"]
+    kind = f"incremental backup (since {base['file']})" if base else "backup"
     by_host = summary["pause_ms_by_subsystem"]
     each = f" ({', '.join(f'{k} {v:.2f}' for k, v in by_host.items())})" if len(by_host) > 1 else ""
-    print(f"backup of {', '.join(summary['datasets'])} at time zero {summary['time_zero']}: "
+    print(f"{kind} of {', '.join(summary['datasets'])} at time zero {summary['time_zero']}: "
           f"{human_size(summary['bytes'])} written ({human_size(summary['data_bytes'])} of data) in "
           f"{human_duration(summary['elapsed_s'])}, writes held {summary['pause_ms']:.2f} ms{each}, "
           f"{summary['chunks_cow']} chunks saved by copy-before-write", file=out)
