@@ -35,6 +35,7 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 import time
 import zlib
 from typing import Any
@@ -76,8 +77,9 @@ def _decode(doc: Any, count: int) -> Span:
 
 
 class StateDir:
-    """The maps of the devices one subsystem serves, in DIR. Made at start-up by the main
-    thread; load, save_running and save_stopped run there too (start, cleanup)."""
+    """The maps of the devices one subsystem serves, in DIR. Made and loaded at start-up by the
+    main thread, saved there at cleanup, and by a control connection's thread when a session
+    closes normally; `_save_lock` makes saves of one map whole and one at a time."""
 
     def __init__(self, path: str) -> None:
         # set at start-up, never changed
@@ -89,6 +91,7 @@ class StateDir:
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise StateError(f"state directory {self.path}: not writable")
         self._locks: list[int] = []  # held until the process ends
+        self._save_lock = threading.Lock()  # guards the temporary files: one save at a time
 
     def file_of(self, device: Device) -> str:
         return os.path.join(self.path, key_of(device.path) + ".map")
@@ -163,10 +166,14 @@ class StateDir:
                "deltas": [_encode(d) for d in deltas], "current": _encode(current)}
         path = self.file_of(device)
         tmp = f"{path}.{os.getpid()}.tmp"
+        with self._save_lock:
+            self._replace(path, tmp, json.dumps(doc, separators=(",", ":")).encode(), device)
+
+    def _replace(self, path: str, tmp: str, body: bytes, device: Device) -> None:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE)
             try:
-                write_all(fd, json.dumps(doc, separators=(",", ":")).encode(), 0)
+                write_all(fd, body, 0)
                 os.fsync(fd)
             finally:
                 os.close(fd)

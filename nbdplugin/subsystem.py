@@ -321,6 +321,7 @@ class Subsystem:
             log(f"session {s.sid} aborted: {s.abort_reason}")
         else:
             log(f"session {s.sid} closed ({s.cow_chunks} chunks saved by copy-before-write)")
+            self.tracker.committed([e.name for e in s.exports], log)
 
     def connection_closed(self, conn: Connection) -> None:
         s = self.session

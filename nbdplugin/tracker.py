@@ -31,6 +31,7 @@ class Tracker:
         # set at start-up, never changed (the maps lock themselves)
         self.state = state
         self.enabled = enabled
+        self.devices = {d.name: d for d in devices}
         self.maps: dict[str, ChangeMap] = {}
         if enabled:
             for d in devices:
@@ -69,6 +70,18 @@ class Tracker:
                 break
             ranges.append([start, count])
         return {"ranges": ranges, "next": following}
+
+    def committed(self, names: list[str], log: Callable[[str], None]) -> None:
+        """A session closed normally on exports NAMES: their files learn the new generation (still
+        "running"), so that after an unclean stop the refusal can say what happened to it."""
+        if self.state is None:
+            return
+        for name in names:
+            if name in self.maps:
+                try:
+                    self.state.save(self.maps[name], self.devices[name], "running")
+                except StateError as e:
+                    log(f"export {name}: {e}")
 
     def stopped(self, exports: Mapping[str, "Export"], drained: Mapping[str, bool],
                 log: Callable[[str], None]) -> None:

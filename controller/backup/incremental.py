@@ -37,6 +37,14 @@ class BaseBackup:
             digest = reader.read_trailer().digest
             return cls(path, reader.header, digest)
 
+    def placement_note(self, output: str) -> str | None:
+        """A word for the user when the incremental will not find BASE beside it by name."""
+        if output == "-" or os.path.realpath(os.path.dirname(os.path.abspath(output))) == \
+                os.path.realpath(os.path.dirname(os.path.abspath(self.path))):
+            return None
+        return (f"note: {os.path.basename(self.path)} is not in the directory of {output}: restore, verify and "
+                f"serve-backup of it will need --base {self.path}")
+
     def link(self) -> Base:
         """What the incremental's header records of it."""
         return Base(os.path.basename(self.path), self.digest, self.header.time_zero)

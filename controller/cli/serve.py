@@ -249,7 +249,10 @@ def _state_dir(args: argparse.Namespace, config: PluginConfig) -> None:
 
 
 def default_state_dir() -> str:
-    """/var/lib/tzero for root, else $XDG_STATE_HOME/tzero (~/.local/state/tzero)."""
+    """$STATE_DIRECTORY (what systemd gives a service with StateDirectory=); else /var/lib/tzero
+    for root, $XDG_STATE_HOME/tzero (~/.local/state/tzero) for anyone else."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return os.environ["STATE_DIRECTORY"].split(":")[0]
     if os.geteuid() == 0:
         return "/var/lib/tzero"
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")

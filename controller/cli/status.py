@@ -48,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
 def format_status(where: str, status: JsonObject) -> str:
     lines = [f"subsystem {where}: chunk {human_size(status['chunk_size'])}, side memory "
              f"{human_size(status['side_memory'])}, spill file {human_size(status['spill_file_bytes'])}"]
+    tracking = status.get("tracking") or {}
     for e in status["exports"]:
-        lines.append(f"  export {e['name']}: {human_size(e['size'])}")
+        lines.append(f"  export {e['name']}: {human_size(e['size'])}{_tracking(tracking.get(e['name']))}")
     s = status["session"]
     if s is None:
         last = status.get("last_session")
@@ -73,3 +74,14 @@ def format_status(where: str, status: JsonObject) -> str:
                      f"{c['chunks_opportunistic']} opportunistically; {human_size(c['spilled_bytes'])} spilled, "
                      f"host buffer peak {human_size(c['peak_host_buffer_bytes'])}")
     return "\n".join(lines)
+
+
+def _tracking(t: JsonObject | None) -> str:
+    """What an export's change map says, for its line."""
+    if t is None:
+        return ", changes not tracked"
+    if not t["known"]:
+        return f", changes unknown ({t['reason']}) until the next full backup"
+    if t["generation"] is None:
+        return f", {t['changed_chunks']} chunks changed, no backup yet"
+    return f", {t['changed_chunks']} chunks changed since backup generation {t['generation']}"

@@ -80,3 +80,24 @@ def test_serve_backup_refuses_a_damaged_backup_with_one_line(tmp_path):
     proc = tzero("serve-backup", bad, "--socket", tmp_path / "s.sock", check=False)
     assert proc.returncode == 4 and proc.stderr.count("\n") == 1 and str(bad) in proc.stderr
     assert not (tmp_path / "s.sock").exists()
+
+
+def test_serve_backup_of_an_incremental_serves_the_image_at_its_time_zero(tmp_path, serve):
+    make_image(tmp_path / "a.img", 4 << 20, seed=3, zero_every=3)
+    s = serve("s", {"a": tmp_path / "a.img"})
+    tzero("backup", "-s", s.control, "-o", tmp_path / "full.tzb", "--no-progress")
+    h = s.connect("a")
+    h.pwrite(b"changed since the full backup" * 100, 70000)
+    h.zero(1 << 20, 2 << 20)  # data turned to zeros: a zero record, a hole when served
+    h.shutdown()
+    tzero("backup", "-s", s.control, "-o", tmp_path / "inc.tzb", "--since", tmp_path / "full.tzb", "--no-progress")
+    server = BackupServer(tmp_path, tmp_path / "inc.tzb")
+    try:
+        subprocess.run(["nbdcopy", server.uri("a"), str(tmp_path / "copy.img")], check=True)
+        mapping = json.loads(subprocess.run(["nbdinfo", "--map", "--json", server.uri("a")], capture_output=True,
+                                            text=True, check=True).stdout)
+    finally:
+        assert server.stop() == 0
+    assert (tmp_path / "copy.img").read_bytes() == (tmp_path / "a.img").read_bytes()
+    holes = [(m["offset"], m["length"]) for m in mapping if m["type"] & 1]
+    assert any(o <= 2 << 20 and o + n >= 3 << 20 for o, n in holes), "the zeroed megabyte is a hole"

@@ -84,3 +84,14 @@ def test_plan_partition_moved_before_time_zero_abandons_the_backup(view, fragmen
     with pytest.raises(SessionAborted) as e:
         recheck_partitions([check], {"x": FakeView(view)})
     assert "the partition table of 'x' changed before time zero" in e.value.message and fragment in e.value.message
+
+
+def test_plan_narrowed_to_changed_chunks_claims_and_yields_only_those():
+    p = plan("a=x:64K+192K", "v=stripe:64K:y,z")
+    changed = {"x": bytearray(16), "y": bytearray(16), "z": bytearray(32)}
+    changed["x"][2] = changed["y"][0] = changed["z"][1] = 1
+    p.narrow(changed, 64 << 10)
+    assert p.claims() == {"x": [(128 << 10, 64 << 10)], "y": [(0, 64 << 10)], "z": [(64 << 10, 64 << 10)]}
+    assert [(q.dataset, q.logical, q.export) for q in p.pieces(64 << 10)] == \
+        [(0, 64 << 10, "x"), (1, 0, "y"), (1, 192 << 10, "z")]
+    assert p.pieces_at("x", 0, 64 << 10) == [] and len(p.pieces_at("x", 128 << 10, 64 << 10)) == 1

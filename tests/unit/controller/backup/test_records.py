@@ -44,3 +44,31 @@ def test_records_gap_dataset_change_and_limit_start_new_records():
     r.add(1, 20, b"e")  # over the limit
     r.flush()
     assert sink.records == [(0, 0, b"aaaa"), (0, 8, b"bbbb"), (1, 12, b"ccccdddd"), (1, 20, b"e")]
+
+
+class ZeroSink(Sink):
+    def write_zero(self, ds, offset, length):
+        self.records.append((ds, offset, length))
+
+
+def test_records_zero_pieces_are_gaps_in_a_full_stream():
+    sink = ZeroSink()
+    r = RecordAssembler(sink, 1 << 20)
+    r.add(0, 0, b"aa")
+    r.add_zero(0, 2, 2)
+    r.add(0, 4, b"bb")
+    r.flush()
+    assert sink.records == [(0, 0, b"aa"), (0, 4, b"bb")]
+
+
+def test_records_adjacent_zero_pieces_become_one_zero_record_in_an_incremental_stream():
+    sink = ZeroSink()
+    r = RecordAssembler(sink, 1 << 20, zero_records=True)
+    r.add(0, 0, b"aa")
+    r.add_zero(0, 2, 2)
+    r.add_zero(0, 4, 4)
+    r.add_zero(0, 10, 2)  # not adjacent
+    r.add(0, 12, b"bb")
+    r.add_zero(1, 0, 8)
+    r.flush()
+    assert sink.records == [(0, 0, b"aa"), (0, 2, 6), (0, 10, 2), (0, 12, b"bb"), (1, 0, 8)]
