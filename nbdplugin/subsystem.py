@@ -163,6 +163,7 @@ class Subsystem:
                 on_end=self._session_ended, track=track, keep=keep, generation=secrets.token_hex(8),
                 tracking={e.index: e.changes for e in exports if e.changes is not None},
                 since={self.exports[n].index: k for n, k in since.items()})
+        s.prepare()
         log(f"session {s.sid} opened on {', '.join(names)}")
         local = {e.name: {"concordance": s.maps[e.index].shared(), "device": e.device.identity()} for e in exports}
         return {"session": s.sid, "views": {n: s.view_name(n) for n in names}, "local": local,

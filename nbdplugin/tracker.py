@@ -56,7 +56,7 @@ class Tracker:
         return {k: str(v) for k, v in since.items()}
 
     @staticmethod
-    def changes(changed: bytes, first: int, limit: int) -> Reply:
+    def changes(changed: bytes | bytearray, first: int, limit: int) -> Reply:
         """The `changes` reply: up to LIMIT runs [first, count] of CHANGED from chunk FIRST on, and
         where the next page starts (None: no more)."""
         if first < 0 or first > len(changed) or limit <= 0:

@@ -25,10 +25,15 @@ written while it was not served, starts with `bits` unknown (changestate.py deci
 SESSIONS (as QEMU's dirty bitmaps in a backup job):
 
     freeze  (every gate of the session closed: no mutation in flight)
-            frozen := bits, bits := a new empty map
-    commit  (the session closed normally) frozen becomes the newest delta and the
-            session's generation the newest generation; the oldest beyond KEEP go
+            frozen += bits, bits := a new empty map
+    commit  (the session closed normally) the frozen maps together become the newest
+            delta and the session's generation the newest generation; the oldest beyond
+            KEEP go
     merge   (the session failed, however) bits |= frozen: nothing is lost
+
+A session that counts from a base freezes the map twice: once at open, with the gates open,
+to do the heavy work (the union with the deltas, the concordance narrowed to it) before
+anyone waits; then at time zero, when only what changed in between is left to add.
 
 LOCKS. `bits` is read and set by mutations without a lock. Only freeze replaces it, and
 only while the export's gate is closed, so no mutation is between its gate and its mark;
@@ -116,7 +121,7 @@ class ChangeMap:
         self._deltas = list(deltas or [])
         assert len(self._deltas) == max(len(self._generations) - 1, 0), "one delta between each two generations"
         self._known, self._reason = current.known, current.reason  # of `bits`
-        self._frozen: Span | None = None  # the map frozen by a live session
+        self._frozen: list[Span] = []  # the maps frozen by the live session, oldest first
 
     # --- the write path ------------------------------------------------------
 
@@ -170,12 +175,13 @@ class ChangeMap:
                 f"(it keeps the last {len(self._generations)}, newest {newest})")
 
     def freeze(self) -> bytearray:
-        """Time zero (the export's gate is closed): the map so far becomes the frozen one, a new
-        empty map starts. Returns the frozen bits (never changed again: read them freely)."""
+        """The map so far joins the live session's frozen ones, a new empty map starts. At time
+        zero the export's gate is closed; at open (a first freeze, see SESSIONS) it is not, and a
+        mutation racing the swap marks both maps. Returns the bits frozen now: marks that raced
+        the swap may still land in them, so read them only to count more, never fewer."""
         with self._lock:
-            assert self._frozen is None, "one session at a time freezes a map"
             frozen = self.bits
-            self._frozen = Span(frozen, self._known, self._reason)
+            self._frozen.append(Span(frozen, self._known, self._reason))
             self.bits = bytearray(self.count)
             self._known, self._reason = True, ""
             return frozen
@@ -183,8 +189,15 @@ class ChangeMap:
     def commit(self, generation: Generation) -> None:
         """The session that froze the map closed normally: GENERATION is its newest backup."""
         with self._lock:
-            frozen, self._frozen = self._frozen, None
-            assert frozen is not None, "commit follows freeze"
+            spans, self._frozen = self._frozen, []
+            assert spans, "commit follows freeze"
+            frozen = spans[0]
+            if len(spans) > 1:
+                union = bytearray(spans[0].bits)
+                for later in spans[1:]:
+                    for first, count in runs(later.bits):
+                        self._set(union, first, first + count)
+                frozen = Span(union, all(s.known for s in spans), next((s.reason for s in spans if not s.known), ""))
             if self._generations:
                 self._deltas.append(frozen)
             self._generations.append(generation)
@@ -196,14 +209,13 @@ class ChangeMap:
         """The session that froze the map failed: its changes count again (only sets bytes,
         so marks may go on meanwhile)."""
         with self._lock:
-            frozen, self._frozen = self._frozen, None
-            if frozen is None:
-                return
+            spans, self._frozen = self._frozen, []
             bits = self.bits
-            for first, count in runs(frozen.bits):
-                self._set(bits, first, first + count)
-            if not frozen.known and self._known:
-                self._known, self._reason = False, frozen.reason
+            for frozen in spans:
+                for first, count in runs(frozen.bits):
+                    self._set(bits, first, first + count)
+                if not frozen.known and self._known:
+                    self._known, self._reason = False, frozen.reason
 
     def invalidate(self, reason: str) -> None:
         """Changes may have been missed: nothing counted so far can be trusted."""
@@ -216,7 +228,7 @@ class ChangeMap:
     def state(self) -> tuple[list[Generation], list[Span], Span]:
         """Generations, deltas and the current span, as copies (for saving; no session frozen)."""
         with self._lock:
-            assert self._frozen is None, "a map is saved only once its session ended"
+            assert not self._frozen, "a map is saved only once its session ended"
             deltas = [Span(bytes(d.bits), d.known, d.reason) for d in self._deltas]
             return list(self._generations), deltas, Span(bytes(self.bits), self._known, self._reason)
 

@@ -306,3 +306,55 @@ class Tracking(RuleBasedStateMachine):
 
 Tracking.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 test_tracking_state_machine_never_loses_a_change = Tracking.TestCase
+
+
+def session_since(tmp_path, m: ChangeMap, generation: str, track=None, keep=None):
+    from nbdplugin.gate import WriteGate
+    from nbdplugin.session import Session
+    from nbdplugin.sidestore import SideStore
+    from nbdplugin.slots import SlotPool
+    from nbdplugin.subsystem import Export
+
+    path = tmp_path / "dev.img"
+    path.write_bytes(bytes(SIZE))
+    export = Export(0, "dev", Device("dev", str(path)), WriteGate(), m)
+    side = SideStore(SlotPool(1 << 20, str(tmp_path), CHUNK))
+    s = Session("sid", [export], CHUNK, side, lease_s=60, owner=None, track={"dev": track} if track else None,
+                tracking={0: m}, since={0: m.since(generation)}, keep={"dev": keep or []}, generation="g2")
+    s.prepare()
+    return s
+
+
+def test_session_since_narrows_at_open_and_adds_what_changed_before_time_zero(tmp_path):
+    from nbdplugin.chunkmap import DONE, PENDING
+
+    m = ChangeMap("dev", SIZE, CHUNK)
+    m.freeze()
+    m.commit(Generation("g1", 1.0))
+    m.mark(1 * CHUNK, 1)
+    m.mark(9 * CHUNK, 1)  # outside the tracked ranges
+    s = session_since(tmp_path, m, "g1", track=[(0, 6 * CHUNK)], keep=[(5 * CHUNK, 10)])
+    m.mark(3 * CHUNK, 1)  # between open and time zero
+    s.form_concordance()
+    states = s.maps[0].states
+    assert [c for c in range(CHUNKS) if states[c] == PENDING] == [1, 3, 5]
+    assert all(states[c] == DONE for c in range(CHUNKS) if c not in (1, 3, 5))
+    assert [c for c in range(CHUNKS) if s.changed[0][c]] == [1, 3], "kept chunks are tracked, not changed"
+    assert s.maps[0].counts()["untracked"] == CHUNKS - 3
+    m.mark(4 * CHUNK, 1)  # after time zero
+    s.abort("test")
+    assert changed(m, "g1") == {1, 3, 4, 9}, "both frozen maps merged back"
+    s.side.close()
+
+
+def test_session_since_closed_commits_both_frozen_maps_as_one_delta(tmp_path):
+    m = ChangeMap("dev", SIZE, CHUNK)
+    m.freeze()
+    m.commit(Generation("g1", 1.0))
+    m.mark(2 * CHUNK, 1)
+    s = session_since(tmp_path, m, "g1")
+    m.mark(7 * CHUNK, 1)
+    s.form_concordance()
+    m.mark(8 * CHUNK, 1)
+    s.close()
+    assert changed(m, "g1") == {2, 7, 8} and changed(m, "g2") == {8}
