@@ -12,6 +12,9 @@ backups' copy-before-write, driven by a controller over a control socket.
     chunkmap       one export's chunk states, shared read-only with a controller on the same host
     sidestore      one session's saved chunks, in memory slots, then spill slots
     slots          the memory and the spill file behind every session's side store, kept between sessions
+    tracking       one export's change map: chunks changed since each of its last backups (generations)
+    changestate    change maps on disk in the state directory: trusted only after a clean stop
+    tracker        every export's change map: made or loaded at start, asked at open, saved at a clean stop
     backup_plugin  a second plugin, apart from the rest: serves a backup file read-only
     stubs/         nbdkit.pyi: the types of the module nbdkit puts in its embedded Python
 
@@ -26,13 +29,20 @@ LOCKS, outermost first
        WriteGate._lock         frozen, in-flight count, deadline (its condition shares the lock)
        SideStore._lock         the saved keys and the byte counts
        SlotPool._lock          the free lists, the slots made, the spill file's creation
-       Subsystem._lock         session, last_status
+       Subsystem._lock         session, last_status, stopping
+       StateDir._save_lock     one change-map file written at a time
+    3. ChangeMap._lock         generations, deltas, frozen maps (never `bits`: marks take no lock);
+                               taken under Session._lock (prepare, form_concordance: the maps
+                               freeze with the session's phase), and nothing is taken under it
 
-Only stripe locks are ever held while another lock is taken. No level-2 lock is held while
-another lock is taken, a callback runs or anything is waited for (a wait on a gate's condition
-releases its lock); two are held across system calls: SlotPool's while it makes or cuts the
-spill file, Subsystem's while _open makes the session's maps. Were one ever to nest, keep the
-order above: Session, then WriteGate and SideStore, then SlotPool, and Subsystem last.
+Only stripe locks, and Session._lock for ChangeMap._lock, are ever held while another lock is
+taken. No other level-2 lock is held while another lock is taken, a callback runs or anything
+is waited for (a wait on a gate's condition releases its lock); three are held across system
+calls: SlotPool's while it makes or cuts the spill file, Subsystem's while _open makes the
+session's maps, StateDir's while it writes and syncs a map file. Session's is held while
+prepare narrows the concordance (whole-map arithmetic, before the session is active). Were
+one ever to nest, keep the order above: Session, then WriteGate and SideStore, then SlotPool,
+and Subsystem last; ChangeMap innermost.
 Under a stripe lock:
 
     copy-before-write   SideStore.save: SlotPool._lock (take a slot), SideStore._lock (record
@@ -57,10 +67,13 @@ The clean-up runs on the thread that aborts:
 
 THREADS
 
-    nbdkit's main thread       config, config_complete, get_ready (opens the devices, binds the
-                               control socket), after_fork (starts the control threads), cleanup
+    nbdkit's main thread       config, config_complete, get_ready (opens the devices, loads the
+                               change maps, binds the control socket), after_fork (starts the
+                               control threads), cleanup (a clean stop: seals the gates, saves
+                               the change maps)
     nbdkit's worker threads    the I/O callbacks: live and time-zero reads, mutations through
-                               Subsystem.mutate (gate, then copy-before-write), flush, extents
+                               Subsystem.mutate (gate, change map, then copy-before-write),
+                               flush, extents
     tzero-control              accepts control connections
     tzero-conn                 one per control connection: the TLS handshake, then request,
                                Subsystem.handle, reply, in turn
