@@ -93,6 +93,17 @@ class StateDir:
         self._locks: list[int] = []  # held until the process ends
         self._save_lock = threading.Lock()  # guards the temporary files: one save at a time
 
+    @classmethod
+    def probe(cls, path: str, exports: list[tuple[str, str]]) -> None:
+        """StateError unless PATH can hold the maps of EXPORTS ([(name, device path)]) now: what
+        `tzero serve` checks before nbdkit starts, so that a conflict is one line."""
+        state = cls(path)
+        try:
+            for name, device in exports:
+                state._lock(name, os.path.abspath(device))
+        finally:
+            state.close()
+
     def file_of(self, device: Device) -> str:
         return os.path.join(self.path, key_of(device.path) + ".map")
 
@@ -183,7 +194,10 @@ class StateDir:
             raise StateError(f"saving the change map of {device.name} to {path}: {e.strerror}") from None
 
     def _claim(self, device: Device) -> None:
-        path = os.path.join(self.path, key_of(device.path) + ".lock")
+        self._lock(device.name, device.path)
+
+    def _lock(self, name: str, device: str) -> None:
+        path = os.path.join(self.path, key_of(device) + ".lock")
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE)
         except OSError as e:
@@ -192,7 +206,7 @@ class StateDir:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise StateError(f"export {device.name}: another subsystem serves {device.path} with its change map "
+            raise StateError(f"export {name}: another subsystem serves {device} with its change map "
                              f"in {self.path}") from None
         self._locks.append(fd)
 

@@ -384,3 +384,11 @@ def test_control_open_since_and_changes_paged_out(tmp_path, serve):
         assert ctl.rq("abort")["ok"]
     finally:
         ctl.close()
+
+
+def test_serve_refuses_a_device_whose_change_map_another_subsystem_holds(tmp_path, serve):
+    make_image(tmp_path / "a.img", 1 << 20, seed=1)
+    s = serve("s", {"a": tmp_path / "a.img"})
+    proc = tzero("serve", "--control", tmp_path / "c2.ctl", "--socket", tmp_path / "n2.sock", "--state-dir",
+                 s.state_dir, f"b={tmp_path / 'a.img'}", check=False)
+    assert proc.returncode == 2 and "another subsystem serves" in one_line(proc.stderr)

@@ -15,9 +15,11 @@ ALLOWED = {
     "common": set(),
     "backupformat": set(),
     "nbdplugin": {"common"},
-    # nbdplugin itself only to find the plugin files nbdkit runs; config and device to check
-    # `tzero serve`'s arguments before nbdkit starts
-    "controller": {"common", "backupformat", "nbdplugin=", "nbdplugin.config", "nbdplugin.device"},
+    # nbdplugin itself only to find the plugin files nbdkit runs; config, device and changestate
+    # to check `tzero serve`'s arguments before nbdkit starts (changestate: that no other
+    # subsystem holds a device's change map, which would otherwise be an nbdkit traceback)
+    "controller": {"common", "backupformat", "nbdplugin=", "nbdplugin.config", "nbdplugin.device",
+                   "nbdplugin.changestate"},
     "testkit": {"common", "backupformat", "controller"},
 }
 # the backup plugin serves backups: the stream format only, never the controller or the live plugin
