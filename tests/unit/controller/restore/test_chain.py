@@ -60,7 +60,7 @@ def test_restore_of_an_incremental_in_place_zeroes_what_the_chain_holds_as_zeros
     dev.write_bytes(b"\xee" * 200_000)
     target = DeviceTarget(os.open(dev, os.O_WRONLY), str(dev), 200_000, Dataset("b", 100_000))
     with opened_chain(str(chain[2])) as opened:
-        restore(merged(opened.readers), str(chain[2]), {1: target}, opened.error)
+        restore(opened.top, str(chain[2]), {1: target}, records=merged(opened.readers), describe=opened.error)
     data = dev.read_bytes()
     assert data[:100_000] == chain_image(1, LAYERS) and data[100_000:] == b"\xee" * 100_000
 
