@@ -14,10 +14,10 @@ import argparse
 import os
 import shlex
 import socket
-import sys
 
 from common.endpoint import bracketed
 from common.units import human_size
+from controller import service
 from controller.cli.args import Subparsers, command, exclusive_group, setting
 from controller.errors import UsageError
 from controller.nbd import activation
@@ -243,7 +243,7 @@ def _state_dir(args: argparse.Namespace, config: PluginConfig) -> None:
     except ConfigError as e:
         if named or not str(e).startswith("state-dir"):
             raise
-        print(f"tzero: change maps kept in memory only ({e}; give --state-dir)", file=sys.stderr)
+        service.log("warning", f"change maps kept in memory only ({e}; give --state-dir)")
         config.state_dir = None
         config.validate()
 
