@@ -145,10 +145,11 @@ class StateDir:
                 return fresh
             deltas = [_decode(d, fresh.count) for d in doc["deltas"]]
             m = ChangeMap(device.name, device.size, chunk_size, gens, deltas, _decode(doc["current"], fresh.count))
-        except (KeyError, TypeError, ValueError, IndexError, binascii.Error, zlib.error, AssertionError) as e:
-            fresh.invalidate(f"its change map could not be read ({e})")
+            problem = self._unclean(doc, device)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, binascii.Error, zlib.error,
+                AssertionError) as e:
+            fresh.invalidate(f"its change map could not be read ({type(e).__name__}: {e})")
             return fresh
-        problem = self._unclean(doc, device)
         if problem:
             m.invalidate(problem)
         return m

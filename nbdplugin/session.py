@@ -54,8 +54,7 @@ class Session:
     def __init__(self, sid: str, exports: list[Export], chunk_size: int, side: SideStore, lease_s: float,
                  owner: Connection, on_end: Callable[[Session], None] | None = None,
                  track: dict[str, list[tuple[int, int]]] | None = None, tracking: dict[int, ChangeMap] | None = None,
-                 since: dict[int, Since] | None = None, keep: dict[str, list[tuple[int, int]]] | None = None,
-                 generation: str | None = None) -> None:
+                 keep: dict[str, list[tuple[int, int]]] | None = None, generation: str | None = None) -> None:
         # set at open, never changed
         self.sid = sid
         self.exports = exports
@@ -78,14 +77,7 @@ class Session:
                                           for e in exports}
         self.tracking = tracking or {}  # export index -> its change map (locks itself); absent: not tracked
         self.generation = generation or sid  # what the exports' newest generation becomes at close
-        # export index -> (the deltas after the base, the KEEP ranges), both as tracking.as_int integers:
-        # the exports whose changes since the controller's base are known
-        self._since: dict[int, tuple[int, int]] = {}
-        for e in exports:
-            known = (since or {}).get(e.index)
-            if known is not None and known.known:
-                kept = self._keep_int(self.maps[e.index], (keep or {}).get(e.name, []))
-                self._since[e.index] = (known.base or 0, kept)
+        self.keep = keep or {}  # export name -> byte ranges kept tracked, changed or not (prepare)
         self._lock = threading.Lock()
         # guarded by _lock: changed under it, read anywhere (an attribute read is atomic)
         self.phase = OPEN
@@ -141,23 +133,26 @@ class Session:
                 if e.index in self._tracked:
                     self._add_changed(e.index, frozen)
 
-    def prepare(self) -> None:
-        """At open, once the session is made (outside the subsystem's lock: this is the slow part):
-        for each export counting from a known base, freeze its change map a first time and narrow
-        the concordance to the chunks changed since the base so far, and the `keep` ranges."""
+    def prepare(self, since: dict[int, Since]) -> None:
+        """At open, once the session is the subsystem's (so no other can commit a generation, and
+        SINCE, export index -> what its change map says of the controller's base, was asked after
+        that), outside the subsystem's lock, since this is the slow part: for each export whose
+        changes since the base are known, freeze its change map a first time and narrow the
+        concordance to the chunks changed since the base so far, and the `keep` ranges."""
         with self._lock:
             if not self.alive:
                 return
             for e in self.exports:
-                if e.index not in self._since:
+                known = since.get(e.index)
+                if known is None or not known.known:
                     continue
                 cm = self.tracking[e.index]
                 first = cm.freeze()
                 self._frozen_maps.append(cm)
-                base, keep = self._since[e.index]
                 m = self.maps[e.index]
                 self._tracked[e.index] = bytes(m.states)
-                self.changed[e.index] = bytearray(m.narrow(base | as_int(first), keep))
+                keep = self._keep_int(m, self.keep.get(e.name, []))
+                self.changed[e.index] = bytearray(m.narrow((known.base or 0) | as_int(first), keep))
 
     def _add_changed(self, index: int, frozen: bytes | bytearray) -> None:
         """Chunks changed between prepare and time zero: tracked ones are PENDING again. Costs a

@@ -148,7 +148,7 @@ class Subsystem:
             raise ProtocolError("bad-message", "lease_ms must be positive")
         track = self._checked_ranges("track", msg.get("track", {}), names)
         keep = self._checked_ranges("keep", msg.get("keep", {}), names)
-        since = {n: self.tracker.since(n, g) for n, g in Tracker.checked_since(msg.get("since", {}), names).items()}
+        since_ids = Tracker.checked_since(msg.get("since", {}), names)
         with self._lock:
             if self.stopping:
                 raise ProtocolError("busy", "the subsystem is stopping")
@@ -161,9 +161,11 @@ class Subsystem:
             s = self.session = Session(
                 secrets.token_hex(4), exports, self.chunk_size, side, lease_ms / 1000, conn,
                 on_end=self._session_ended, track=track, keep=keep, generation=secrets.token_hex(8),
-                tracking={e.index: e.changes for e in exports if e.changes is not None},
-                since={self.exports[n].index: k for n, k in since.items()})
-        s.prepare()
+                tracking={e.index: e.changes for e in exports if e.changes is not None})
+        # Asked only now that the session is the subsystem's: the one before it has ended and
+        # committed its generation (or merged back), and no other can until this one ends.
+        since = {n: self.tracker.since(n, g) for n, g in since_ids.items()}
+        s.prepare({self.exports[n].index: k for n, k in since.items()})
         log(f"session {s.sid} opened on {', '.join(names)}")
         local = {e.name: {"concordance": s.maps[e.index].shared(), "device": e.device.identity()} for e in exports}
         return {"session": s.sid, "views": {n: s.view_name(n) for n in names}, "local": local,

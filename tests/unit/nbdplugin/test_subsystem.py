@@ -174,3 +174,44 @@ def test_subsystem_view_names_are_unguessable_and_only_the_owner_learns_them(tha
         assert sub.view_session(guess) is None, guess
     assert token not in repr(sub.status()), "status is for anyone: it never carries the view token"
     assert s.view_token != s.sid and s.locality_token.hex() != token
+
+
+def test_subsystem_open_since_counts_the_changes_a_session_ending_meanwhile_committed(tmp_path):
+    path = tmp_path / "dev.img"
+    path.write_bytes(bytes(4 * CHUNK))
+    sub = Subsystem([Device("dev", str(path))], CHUNK, 1 << 20, str(tmp_path), {"socket": "/nowhere"})
+    export = sub.exports["dev"]
+    first, second = Conn(), Conn()
+    for conn in (first, second):
+        sub.handle(conn, {"op": "hello", "version": 1})
+
+    def session(conn, **fields):
+        reply = sub.handle(conn, {"op": "open", **fields})
+        for op in ("freeze", "thaw"):
+            sub.handle(conn, {"op": op, **({"flush": False} if op == "freeze" else {})})
+        return reply
+
+    base = session(first)["generation"]
+    sub.handle(first, {"op": "close"})
+    sub.mutate(export, CHUNK, 10, export.device.write, b"\x01" * 10, CHUNK)  # chunk 1, since the base
+    session(first)  # a backup that will commit a generation after chunk 1 changed
+    asked = sub.tracker.since
+
+    def since_then_the_other_session_closes(name, generation):
+        known = asked(name, generation)
+        if sub.session is not None and sub.session.owner is first and sub.session.alive:
+            sub.handle(first, {"op": "close"})  # the instant between the answer and the open
+        return known
+
+    sub.tracker.since = since_then_the_other_session_closes
+    try:
+        opened = session(second, since={"dev": base})
+    except ProtocolError as e:
+        assert e.code == "busy"
+        sub.handle(first, {"op": "close"})
+        opened = session(second, since={"dev": base})
+    assert opened["changes"]["dev"]["known"]
+    assert sub.handle(second, {"op": "changes", "export": "dev"})["ranges"] == [[1, 1]]
+    sub.handle(second, {"op": "close"})
+    sub.slots.close()
+    export.device.close()

@@ -320,8 +320,8 @@ def session_since(tmp_path, m: ChangeMap, generation: str, track=None, keep=None
     export = Export(0, "dev", Device("dev", str(path)), WriteGate(), m)
     side = SideStore(SlotPool(1 << 20, str(tmp_path), CHUNK))
     s = Session("sid", [export], CHUNK, side, lease_s=60, owner=None, track={"dev": track} if track else None,
-                tracking={0: m}, since={0: m.since(generation)}, keep={"dev": keep or []}, generation="g2")
-    s.prepare()
+                tracking={0: m}, keep={"dev": keep or []}, generation="g2")
+    s.prepare({0: m.since(generation)})
     return s
 
 
