@@ -17,7 +17,7 @@ from controller.backup.dataspec import DatasetSpec, parse_dataset
 from controller.backup.group import ConsistencyGroup, Since
 from controller.backup.layout import describe
 from controller.backup.plan import Plan
-from controller.errors import BackupFormatError, TzeroError, UsageError
+from controller.errors import TzeroError, UsageError
 from controller.restore.verify import opened_backup
 
 
@@ -30,9 +30,12 @@ class BaseBackup:
     digest: str  # its stream digest, as its trailer says (tzero verify checks it whole)
 
     @classmethod
-    def read(cls, path: str) -> "BaseBackup":
+    def read(cls, path: str, output: str) -> "BaseBackup":
+        """BASE at PATH, for a backup going to OUTPUT; UsageError if the one would replace the other."""
         if path == "-":
             raise UsageError("--since takes a backup file, not standard input")
+        if output != "-" and os.path.realpath(output) == os.path.realpath(path):
+            raise UsageError(f"--since {path} is the backup file -o would replace")
         with opened_backup(path) as reader:
             digest = reader.read_trailer().digest
             return cls(path, reader.header, digest)
@@ -50,12 +53,12 @@ class BaseBackup:
         return Base(os.path.basename(self.path), self.digest, self.header.time_zero)
 
     def specs(self) -> list[DatasetSpec]:
-        """Its datasets as --dataset would give them: an incremental backs up the same ones."""
+        """Its datasets as --dataset would give them: an incremental backs up the same ones. None
+        (every export whole) when its header does not say: problem() then says what differs."""
         try:
             return [parse_dataset(f"{d['name']}={d['spec']}") for d in self._described()]
-        except (UsageError, KeyError, TypeError) as e:
-            raise BackupFormatError(f"{self.path}: its header does not say how its datasets were given ({e})") \
-                from None
+        except (UsageError, KeyError, TypeError):
+            return []
 
     def _described(self) -> list[dict[str, object]]:
         described = self.header.extra.get("datasets")

@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         args.codec, args.level = parse_compression(args.compress)
     except ValueError as e:
         raise UsageError(f"--compress {e}") from None
-    base = BaseBackup.read(args.since) if args.since else None
+    base = BaseBackup.read(args.since, args.output) if args.since else None
     note = base.placement_note(args.output) if base else None
     if note:
         print(f"tzero: {note}", file=sys.stderr)
