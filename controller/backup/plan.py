@@ -78,6 +78,11 @@ class Plan:
             claims.setdefault(c.export, []).extend(c.table)
         return claims
 
+    def changed_bytes(self) -> int:
+        """The dataset bytes an incremental holds: those of the changed chunks (tables left out)."""
+        return sum(n for ds in self.datasets for e, off, length in ds.layout.extents
+                   for _, n in self._changed_parts(e, off, length))
+
     def _changed_parts(self, export: str, offset: int, length: int) -> list[tuple[int, int]]:
         if self.changed is None:
             return [(offset, length)]

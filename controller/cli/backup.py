@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
                    "kind": "full" if incremental is None else "incremental",
                    "base": incremental.link()._asdict() if incremental else None,
                    "full_reason": full_reason if base is not None and incremental is None else None,
-                   "changed_bytes": sum(n for c in plan.claims().values() for _, n in c) if incremental else None,
+                   "changed_bytes": plan.changed_bytes() if incremental else None,
                    "chunks_cow": sum(s["chunks_cow"] for s in stats.values()),
                    "side_peak_bytes": max(s["side_peak_bytes"] for s in stats.values()),
                    "elapsed_s": round(time.monotonic() - started, 3)})

@@ -392,3 +392,22 @@ def test_serve_refuses_a_device_whose_change_map_another_subsystem_holds(tmp_pat
     proc = tzero("serve", "--control", tmp_path / "c2.ctl", "--socket", tmp_path / "n2.sock", "--state-dir",
                  s.state_dir, f"b={tmp_path / 'a.img'}", check=False)
     assert proc.returncode == 2 and "another subsystem serves" in one_line(proc.stderr)
+
+
+def test_partition_dataset_in_a_chain_with_its_table_in_a_chunk_it_shares(tmp_path, serve):
+    make_image(tmp_path / "d.img", 8 << 20, seed=13, zero_every=3)
+    # p1 at 32 KiB: chunk 0 holds the table and p1's start
+    script = "label: gpt\nfirst-lba: 34\n\np1 : start=64, size=4096\n"
+    subprocess.run(["sfdisk", "-q", str(tmp_path / "d.img")], input=script, text=True, check=True,
+                   capture_output=True)
+    s = serve("s", {"d": tmp_path / "d.img"})
+    backup(tmp_path, "full.tzb", s, extra=["--dataset", "boot=d:p1"])
+    write(s, "d", 5 * CHUNK, b"inside" * 100)
+    write(s, "d", 6 << 20, b"outside" * 100)
+    first = backup(tmp_path, "inc1.tzb", s, since="full.tzb")
+    assert first["kind"] == "incremental" and first["changed_bytes"] == CHUNK
+    write(s, "d", 40000, b"beside the table" * 10)  # chunk 0, inside p1
+    second = backup(tmp_path, "inc2.tzb", s, since="inc1.tzb")
+    assert second["changed_bytes"] == CHUNK - (32 << 10), "chunk 0 holds only its part of p1"
+    disk = (tmp_path / "d.img").read_bytes()
+    assert restored(tmp_path, "inc2.tzb", "boot") == disk[32 << 10:(32 << 10) + (2 << 20)]
