@@ -170,7 +170,8 @@ class Subsystem:
         local = {e.name: {"concordance": s.maps[e.index].shared(), "device": e.device.identity()} for e in exports}
         return {"session": s.sid, "views": {n: s.view_name(n) for n in names}, "local": local,
                 "generation": s.generation if self.tracker.enabled else None,
-                "changes": {n: {"known": k.known, "reason": k.reason or None} for n, k in since.items()}}
+                "changes": {n: {"known": k.known, "reason": k.reason or None, "time_zero": k.time_zero}
+                            for n, k in since.items()}}
 
     def _checked_ranges(self, field: str, value: dict[str, object],
                         names: list[str]) -> dict[str, list[tuple[int, int]]]:

@@ -79,6 +79,7 @@ class Since:
     known: bool
     reason: str = ""
     base: int | None = None  # the deltas' union as an integer, byte c = chunk c (little-endian)
+    time_zero: float | None = None  # G's time zero (epoch s), as the map recorded it
 
 
 def as_int(bits: bytes | bytearray) -> int:
@@ -165,7 +166,7 @@ class ChangeMap:
             base = None
             for d in self._deltas[i:]:
                 base = as_int(d.bits) | (base or 0)
-            return Since(True, base=base)
+            return Since(True, base=base, time_zero=self._generations[i].time_zero)
 
     def _missing(self, generation: str) -> str:
         if not self._generations:

@@ -363,7 +363,8 @@ def test_control_open_since_and_changes_paged_out(tmp_path, serve):
         assert ctl.rq("open", since={"a": 7})["error"] == "bad-message"
         assert ctl.rq("open", since={"zz": "g"})["error"] == "unknown-export"
         opened = ctl.rq("open", since={"a": "nonesuch"})
-        assert opened["changes"] == {"a": {"known": False, "reason": opened["changes"]["a"]["reason"]}}
+        assert opened["changes"] == {"a": {"known": False, "reason": opened["changes"]["a"]["reason"],
+                                           "time_zero": None}}
         assert "no completed backup" in opened["changes"]["a"]["reason"]
         for op in ("freeze", "thaw"):
             assert ctl.rq(op)["ok"]
@@ -373,7 +374,8 @@ def test_control_open_since_and_changes_paged_out(tmp_path, serve):
         for c in (1, 2, 5):
             write(s, "a", c * CHUNK, b"x")
         opened = ctl.rq("open", since={"a": generation}, keep={"a": [[0, 512]]})
-        assert opened["changes"] == {"a": {"known": True, "reason": None}}
+        assert opened["changes"]["a"]["known"] and opened["changes"]["a"]["reason"] is None
+        assert opened["changes"]["a"]["time_zero"] == s.status()["tracking"]["a"]["generations"][-1]["time_zero"]
         for op in ("freeze", "thaw"):
             assert ctl.rq(op)["ok"]
         assert ctl.rq("status")["session"]["exports"]["a"]["pending"] == 4, "changed chunks and the kept one"
