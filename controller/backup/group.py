@@ -193,7 +193,7 @@ class ConsistencyGroup:
             if since is not None:
                 fields["since"] = since.get(m.where, {})
                 fields["keep"] = (keep or {}).get(m.where, {})
-            reply = m.client.request("open", **fields)
+            reply = m.client.request("open", None, **fields)
             m.session, m.views, m.local = reply["session"], reply["views"], reply.get("local", {})
             m.generation, m.changes = reply.get("generation"), reply.get("changes", {})
 
