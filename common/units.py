@@ -16,6 +16,7 @@ their own error (the plugin's ConfigError, the command line's usage error).
 """
 
 import re
+from decimal import Decimal
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*([KMGTP]?)(?:I?B)?", re.IGNORECASE)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?", re.IGNORECASE)
@@ -60,7 +61,8 @@ def parse_duration(text: str, what: str = "duration") -> int:
     m = _DURATION.fullmatch(text.strip()) if isinstance(text, str) else None
     if not m:
         raise ValueError(f"{what}: {text!r} is not a duration ({DURATION_GRAMMAR})")
-    ms = round(float(m.group(1)) * _MS_PER[(m.group(2) or "").lower()])
+    # Exact: a float would overflow on a number of hundreds of digits (inf, then round raises).
+    ms = round(Decimal(m.group(1)) * _MS_PER[(m.group(2) or "").lower()])
     if ms <= 0:
         raise ValueError(f"{what}: {text!r} must be at least 1 ms")
     return ms

@@ -13,11 +13,12 @@ within seconds, not hours.
 import os
 import socket
 import ssl
+import stat
 
 from common.endpoint import Endpoint, tune_tcp
 from common.tls import HANDSHAKE_TIMEOUT_S
 
-BACKLOG = 16
+BACKLOG = socket.SOMAXCONN  # a burst of clients queues here; the kernel caps it at net.core.somaxconn
 
 
 class ControlSocketError(Exception):
@@ -38,6 +39,7 @@ class Listener:
         self.tls = tls if self.endpoint.is_tcp else None
         # nbdkit's main thread: made by bind(), closed by close() (accept then fails)
         self._sock: socket.socket | None = None
+        self._made: tuple[int, int] | None = None  # the socket file bind made: close() removes only it
 
     def bind(self) -> None:
         if self.fd is not None:
@@ -92,12 +94,19 @@ class Listener:
             raise ControlSocketError(f"control socket {self.path}: {e.strerror}") from None
         finally:
             os.umask(old)
+        st = os.stat(self.path)
+        self._made = (st.st_dev, st.st_ino)
         return sock
 
     @staticmethod
     def _remove_stale(path: str) -> None:
-        if not os.path.exists(path):
+        """Remove a socket a dead server left at PATH; refuse a live one, or anything else there."""
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
             return
+        if not stat.S_ISSOCK(mode):
+            raise ControlSocketError(f"control socket {path}: exists and is not a socket")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(path)
@@ -138,6 +147,8 @@ class Listener:
             self._sock.close()
         if self.path is not None and self.fd is None:
             try:
-                os.unlink(self.path)
+                st = os.lstat(self.path)
+                if (st.st_dev, st.st_ino) == self._made:  # never another server's socket made since
+                    os.unlink(self.path)
             except FileNotFoundError:
                 pass

@@ -27,6 +27,7 @@ from common.protocol import (
     Message,
     ProtocolError,
     Reply,
+    brief,
 )
 from nbdplugin.device import Device
 from nbdplugin.gate import FreezeTimeout, WriteGate
@@ -138,14 +139,13 @@ class Subsystem:
         }
 
     def _open(self, conn: Connection, msg: Message) -> Reply:
-        names = msg.get("exports") or list(self.exports)
+        names: list[str] = msg.get("exports") or list(self.exports)  # parse_request checked: names
         unknown = [n for n in names if n not in self.exports]
-        if unknown or len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
-            raise ProtocolError("unknown-export",
-                                f"no such export: {', '.join(map(str, unknown)) or 'duplicate names'}")
-        lease_ms = msg.get("lease_ms", DEFAULT_LEASE_MS)
-        if lease_ms <= 0:
-            raise ProtocolError("bad-message", "lease_ms must be positive")
+        if unknown:
+            raise ProtocolError("unknown-export", f"no such export: {brief(', '.join(unknown), 200)}")
+        if len(set(names)) != len(names):
+            raise ProtocolError("bad-message", "open: an export is named twice")
+        lease_ms = msg.get("lease_ms", DEFAULT_LEASE_MS)  # within the protocol's bounds
         track = self._checked_ranges("track", msg.get("track", {}), names)
         keep = self._checked_ranges("keep", msg.get("keep", {}), names)
         since_ids = Tracker.checked_since(msg.get("since", {}), names)
@@ -173,27 +173,26 @@ class Subsystem:
                 "changes": {n: {"known": k.known, "reason": k.reason or None, "time_zero": k.time_zero}
                             for n, k in since.items()}}
 
-    def _checked_ranges(self, field: str, value: dict[str, object],
+    def _checked_ranges(self, field: str, value: dict[str, list[list[int]]],
                         names: list[str]) -> dict[str, list[tuple[int, int]]]:
-        """open's "track" or "keep" field, validated: {export: [(offset, length), ...]} within each export."""
+        """open's "track" or "keep" field ({export: [[offset, length], ...]}, its types checked by
+        parse_request), within each export of the session."""
         checked: dict[str, list[tuple[int, int]]] = {}
         for name, ranges in value.items():
             if name not in names:
-                raise ProtocolError("unknown-export", f"{field} names {name!r}, which is not in the session")
+                raise ProtocolError("unknown-export", f"{field} names {brief(name)}, which is not in the session")
             size = self.exports[name].device.size
-            if not isinstance(ranges, list):
-                raise ProtocolError("bad-message", f"open: {field} maps an export to a list of [offset, length]")
             for r in ranges:
-                if not (isinstance(r, list) and len(r) == 2 and all(type(x) is int for x in r)):
-                    raise ProtocolError("bad-message", f"open: {field} ranges are [offset, length] pairs of integers")
-                if r[0] < 0 or r[1] <= 0 or r[0] + r[1] > size:
+                if r[1] <= 0 or r[0] + r[1] > size:
                     raise ProtocolError("bad-message", f"open: {field} range {r} is not within {name} ({size} bytes)")
             checked[name] = [(r[0], r[1]) for r in ranges]
         return checked
 
     def _owned(self, conn: Connection) -> Session:
+        """The session CONN owns and may drive. A session that ended is `no-session` to everyone
+        but its owner, who learns why it ended (`aborted` with the reason)."""
         s = self.session
-        if s is None:
+        if s is None or (not s.alive and s.owner is not conn):
             raise ProtocolError("no-session", "no session is open")
         if s.owner is not conn:
             raise ProtocolError("not-owner", f"session {s.sid} belongs to another connection")
@@ -260,16 +259,14 @@ class Subsystem:
     def _export_of(self, s: Session, name: str) -> Export:
         e = self.exports.get(name)
         if e is None or e not in s.exports:
-            raise ProtocolError("unknown-export", f"{name} is not in session {s.sid}")
+            raise ProtocolError("unknown-export", f"{brief(name)} is not in session {s.sid}")
         if s.phase != ACTIVE:
             raise ProtocolError("wrong-phase", f"the session is {s.phase}, not active")
         return e
 
     def _release(self, s: Session, msg: Message) -> Reply:
         e = self._export_of(s, msg["export"])
-        for r in msg["ranges"]:
-            if not (isinstance(r, list) and len(r) == 2 and all(type(x) is int for x in r)):
-                raise ProtocolError("bad-message", "release: ranges are [first, count] pairs of integers")
+        for r in msg["ranges"]:  # [first, count] pairs of integers, as parse_request checked
             try:
                 s.release(e, r[0], r[1])
             except ValueError as err:

@@ -176,3 +176,4 @@ class ControlClient:
     def close(self) -> None:
         self._reader.close()
         self._sock.close()
+

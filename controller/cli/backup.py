@@ -11,6 +11,7 @@ import time
 
 from backupformat import INCREMENTAL_VERSION, Header, StreamWriter, parse_compression
 from backupformat import Dataset as StreamDataset
+from common.protocol import MAX_DEADLINE_MS, MAX_LEASE_MS, MIN_DEADLINE_MS, MIN_LEASE_MS
 from common.units import human_duration, human_size
 from controller import __version__
 from controller.backup.copier import Copier, CopierStats, pool_shape
@@ -116,9 +117,11 @@ def register(subparsers: Subparsers) -> None:
     setting(p, "--spill-dir", key="spill-dir", default=None, metavar="DIR",
             shown_default="$TMPDIR, else /tmp", help="where chunks beyond --host-memory wait")
     setting(p, "--freeze-deadline", key="freeze-deadline", default="2s", metavar="DURATION",
-            help="longest time application writes may be held; past it the backup fails, the writes go on")
+            help="longest time application writes may be held (1 ms to 30 s); past it the backup fails, "
+                 "the writes go on")
     setting(p, "--lease", key="lease", default="30s", metavar="DURATION",
-            help="a subsystem abandons the session after this long without word from this command")
+            help="a subsystem abandons the session after this long without word from this command "
+                 "(100 ms to 2 min)")
     setting(p, "--read-path", key="read-path", default="auto", choices=("auto", "nbd"),
             help="auto: read each view straight from its device when this host serves it, else over NBD; "
                  "nbd: always over NBD")
@@ -140,6 +143,11 @@ def run(args: argparse.Namespace) -> int:
     host_memory = parse_size(args.host_memory, "--host-memory")
     lease = parse_duration(args.lease, "--lease")
     deadline = parse_duration(args.freeze_deadline, "--freeze-deadline")
+    for option, value, lo, hi in (("--freeze-deadline", deadline, MIN_DEADLINE_MS, MAX_DEADLINE_MS),
+                                  ("--lease", lease, MIN_LEASE_MS, MAX_LEASE_MS)):
+        if not lo <= value <= hi:
+            raise UsageError(f"{option} {getattr(args, option[2:].replace('-', '_'))}: must be from "
+                             f"{_ms(lo)} to {_ms(hi)}")
     extra = catalog_entry(args.label, args.note)
     if args.read_path not in ("auto", "nbd"):
         raise UsageError(f"--read-path {args.read_path!r}: choose auto or nbd")
@@ -187,6 +195,10 @@ def run(args: argparse.Namespace) -> int:
                    "side_peak_bytes": max(s["side_peak_bytes"] for s in stats.values()),
                    "elapsed_s": round(time.monotonic() - started, 3)})
     return 0
+
+
+def _ms(ms: int) -> str:
+    return f"{ms} ms" if ms < 1000 else f"{ms // 1000} s"
 
 
 def catalog_entry(label: str | None, note: str | None) -> dict[str, str]:

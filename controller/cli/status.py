@@ -46,42 +46,96 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_status(where: str, status: JsonObject) -> str:
-    lines = [f"subsystem {where}: chunk {human_size(status['chunk_size'])}, side memory "
-             f"{human_size(status['side_memory'])}, spill file {human_size(status['spill_file_bytes'])}"]
-    tracking = status.get("tracking") or {}
-    for e in status["exports"]:
-        lines.append(f"  export {e['name']}: {human_size(e['size'])}{_tracking(tracking.get(e['name']))}")
-    s = status["session"]
+    """STATUS as lines for a person. A field missing or of an unexpected type (a newer or an
+    older subsystem, a controller that reported odd counters) shows as "?" or is left out:
+    status prints what it can, never fails on a reply it only reads."""
+    lines = [f"subsystem {where}: chunk {_size(_int(status, 'chunk_size'))}, side memory "
+             f"{_size(_int(status, 'side_memory'))}, spill file {_size(_int(status, 'spill_file_bytes'))}"]
+    tracking = _dict(status, "tracking") or {}
+    for e in _list(status, "exports"):
+        name = _text(e, "name")
+        lines.append(f"  export {name}: {_size(_int(e, 'size'))}{_tracking(tracking.get(name), name in tracking)}")
+    s = _dict(status, "session")
     if s is None:
-        last = status.get("last_session")
-        why = f": {last['abort_reason']}" if last and last.get("abort_reason") else ""
-        lines.append("  no session" + (f" (last: {last['session']} {last['phase']}{why})" if last else ""))
+        last = _dict(status, "last_session")
+        why = f": {_text(last, 'abort_reason')}" if last and last.get("abort_reason") else ""
+        ended = f" (last: {_text(last, 'session')} {_text(last, 'phase')}{why})" if last else ""
+        lines.append("  no session" + ended)
         return "\n".join(lines)
-    lines.append(f"  session {s['session']}: {s['phase']}")
-    for name, counts in s["exports"].items():
-        if counts:
-            untracked = f", {counts['untracked']} untracked" if counts.get("untracked") else ""
-            lines.append(f"    {name}: {counts['done']} copied, {counts['saved']} saved, "
-                         f"{counts['pending']} pending chunks{untracked}")
-    lines.append(f"    side store: {human_size(s['side_memory_bytes'])} in memory, "
-                 f"{human_size(s['side_spill_bytes'])} spilled (peak {human_size(s['side_peak_bytes'])})"
-                 f"{', under pressure' if s['pressure'] else ''}")
-    lines.append(f"    copy-before-write: {s['chunks_cow']} chunks; copied {human_size(s['released_bytes'])}"
-                 f" at {human_rate(s['rate_bytes_per_s'])}")
-    c = s.get("copier")
-    if c:
-        lines.append(f"    copier: {c['chunks_in_order']} chunks in order, {c['chunks_ahead']} ahead of order, "
-                     f"{c['chunks_opportunistic']} opportunistically; {human_size(c['spilled_bytes'])} spilled, "
-                     f"host buffer peak {human_size(c['peak_host_buffer_bytes'])}")
+    lines.append(f"  session {_text(s, 'session')}: {_text(s, 'phase')}")
+    for name, counts in (_dict(s, "exports") or {}).items():
+        if isinstance(counts, dict):
+            untracked = f", {_num(_int(counts, 'untracked'))} untracked" if counts.get("untracked") else ""
+            lines.append(f"    {name}: {_num(_int(counts, 'done'))} copied, {_num(_int(counts, 'saved'))} saved, "
+                         f"{_num(_int(counts, 'pending'))} pending chunks{untracked}")
+    pressure = ", under pressure" if s.get("pressure") is True else ""
+    lines.append(f"    side store: {_size(_int(s, 'side_memory_bytes'))} in memory, "
+                 f"{_size(_int(s, 'side_spill_bytes'))} spilled (peak {_size(_int(s, 'side_peak_bytes'))}){pressure}")
+    rate = _number(s, "rate_bytes_per_s")
+    lines.append(f"    copy-before-write: {_num(_int(s, 'chunks_cow'))} chunks; copied "
+                 f"{_size(_int(s, 'released_bytes'))} at {'?' if rate is None else human_rate(rate)}")
+    copier = _copier_line(_dict(s, "copier"))
+    if copier:
+        lines.append(copier)
     return "\n".join(lines)
 
 
-def _tracking(t: JsonObject | None) -> str:
-    """What an export's change map says, for its line."""
-    if t is None:
+def _tracking(t: object, listed: bool) -> str:
+    """What an export's change map says, for its line (LISTED: the reply has an entry for it)."""
+    if not listed or t is None:
         return ", changes not tracked"
-    if not t["known"]:
-        return f", changes unknown ({t['reason']}) until the next full backup"
-    if t["generation"] is None:
-        return f", {t['changed_chunks']} chunks changed, no backup yet"
-    return f", {t['changed_chunks']} chunks changed since backup generation {t['generation']}"
+    if not isinstance(t, dict):
+        return ""
+    if t.get("known") is False:
+        return f", changes unknown ({_text(t, 'reason')}) until the next full backup"
+    if t.get("generation") is None:
+        return f", {_num(_int(t, 'changed_chunks'))} chunks changed, no backup yet"
+    return f", {_num(_int(t, 'changed_chunks'))} chunks changed since backup generation {_text(t, 'generation')}"
+
+
+def _copier_line(c: JsonObject | None) -> str | None:
+    """The copier's counters the controller reported, those it reported, in one line."""
+    if not c:
+        return None
+    parts = [f"{_int(c, key)} {words}" for key, words in (
+        ("chunks_in_order", "chunks in order"), ("chunks_ahead", "ahead of order"),
+        ("chunks_opportunistic", "opportunistically")) if _int(c, key) is not None]
+    more = [text.format(_size(_int(c, key))) for key, text in (
+        ("spilled_bytes", "{} spilled"), ("peak_host_buffer_bytes", "host buffer peak {}"))
+        if _int(c, key) is not None]
+    if not parts and not more:
+        return None
+    return "    copier: " + "; ".join(", ".join(p) for p in (parts, more) if p)
+
+
+def _int(d: object, key: str) -> int | None:
+    value = d.get(key) if isinstance(d, dict) else None
+    return value if type(value) is int else None
+
+
+def _number(d: object, key: str) -> float | None:
+    value = d.get(key) if isinstance(d, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _dict(d: object, key: str) -> JsonObject | None:
+    value = d.get(key) if isinstance(d, dict) else None
+    return value if isinstance(value, dict) else None
+
+
+def _list(d: object, key: str) -> list[object]:
+    value = d.get(key) if isinstance(d, dict) else None
+    return value if isinstance(value, list) else []
+
+
+def _text(d: object, key: str) -> str:
+    value = d.get(key) if isinstance(d, dict) else None
+    return "?" if value is None or isinstance(value, (dict, list)) else str(value)
+
+
+def _num(n: int | None) -> str:
+    return "?" if n is None else str(n)
+
+
+def _size(n: int | None) -> str:
+    return "?" if n is None or n < 0 else human_size(n)

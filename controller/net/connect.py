@@ -8,6 +8,7 @@ and a user timeout (common/endpoint.py). A TLS client context is made once per d
 
 import socket
 import ssl
+import time
 from functools import lru_cache
 
 from common.endpoint import Endpoint, EndpointError, is_loopback, parse_endpoint, tune_tcp
@@ -27,6 +28,33 @@ def endpoint_of(address: str) -> Endpoint:
         return parse_endpoint(address, "subsystem address")
     except EndpointError as e:
         raise UsageError(str(e)) from None
+
+
+CONNECT_RETRY_S = 0.01  # between tries while a subsystem's listen backlog is full
+
+
+def _open_unix(path: str, timeout: float) -> socket.socket:
+    """A unix socket connected to PATH within TIMEOUT; SubsystemError if none.
+
+    A unix-socket connect under a timeout is non-blocking, and fails at once with EAGAIN while
+    the server's listen backlog is full (a burst of clients): that only means "wait your turn",
+    so it is tried again until the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+            return sock
+        except BlockingIOError as e:
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise SubsystemError(f"control socket {path}: {e.strerror or e} (the subsystem accepted "
+                                     f"no connection in {timeout:g} s)") from None
+            time.sleep(CONNECT_RETRY_S)
+        except OSError as e:
+            sock.close()
+            raise SubsystemError(f"control socket {path}: {e.strerror or e}") from None
 
 
 @lru_cache(maxsize=4)
@@ -50,14 +78,7 @@ def open_control(endpoint: Endpoint, tls_dir: str | None, timeout: float) -> soc
     The socket's timeout is TIMEOUT."""
     check_plaintext(endpoint, tls_dir)
     if endpoint.path is not None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(endpoint.path)
-        except OSError as e:
-            sock.close()
-            raise SubsystemError(f"control socket {endpoint.path}: {e.strerror or e}") from None
-        return sock
+        return _open_unix(endpoint.path, timeout)
     assert endpoint.host is not None, "an endpoint has a path or a host"
     ctx = tls_context(tls_dir) if tls_dir is not None else None
     try:

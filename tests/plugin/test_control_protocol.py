@@ -3,11 +3,17 @@ error reply and never take the subsystem down."""
 
 import json
 import os
+import shutil
 import stat
+import subprocess
+import tempfile
+import threading
 
 import pytest
 
-from helpers import make_image
+from testkit.local_subsystem import LocalSubsystem
+
+from helpers import make_image, tzero
 from raw_control import RawControl
 
 
@@ -118,3 +124,92 @@ def test_control_open_with_track_reports_untracked_chunks_and_copier_stats(ctl):
     assert session["exports"]["a"] == {"pending": 1, "saved": 0, "done": 0, "untracked": 15}
     assert session["copier"] == {"chunks_in_order": 3}
     assert ctl.rq("close")["ok"]
+
+
+@pytest.mark.parametrize("line", [
+    b'{"op": []}',
+    b'[' * 100_000 + b']' * 100_000,
+    b'{"op":"open","exports":[[1]]}',
+    b'{"op":"open","lease_ms":1' + b'0' * 400 + b'}',
+    b'{"op":"freeze","deadline_ms":1' + b'0' * 400 + b'}',
+])
+def test_control_wrong_types_deep_nesting_and_huge_numbers_get_bad_message_never_internal(ctl, line):
+    ctl.rq("hello", version=1)
+    if b"deadline_ms" in line:
+        assert ctl.rq("open")["ok"]
+    reply = ctl.send_line(line)
+    assert reply["error"] == "bad-message", reply
+    assert ctl.rq("status")["ok"], "the connection stays usable"
+
+
+def test_control_burst_of_connections_only_queues(subsystem):
+    """300 clients connect at once (each as tzero status does, with a timeout, which makes a
+    unix-socket connect non-blocking): every one gets its answer, none EAGAIN."""
+    from controller.backup.control_client import ControlClient
+
+    errors, answered = [], []
+
+    def client():
+        try:
+            c = ControlClient(subsystem.control)
+            try:
+                answered.append(c.request("status")["ok"])
+            finally:
+                c.close()
+        except Exception as e:  # collected, the test reports them
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=client) for _ in range(300)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:3]
+    assert len(answered) == 300
+
+
+PEER = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+s.sendall(b'{"op":"hello","version":1}\\n')
+print(s.makefile("rb").readline().decode().strip())
+"""
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory every user may enter (pytest's own are the owner's only)."""
+    where = tempfile.mkdtemp(prefix="tzero-shared-")
+    os.chmod(where, 0o755)
+    yield where
+    shutil.rmtree(where, ignore_errors=True)
+
+
+def test_control_peer_of_another_uid_is_denied_and_root_is_served(shared_dir):
+    """The socket and its directory opened up (a careless chmod): the peer check alone stands."""
+    if os.geteuid() != 0:
+        pytest.skip("a second uid needs root")
+    make_image(os.path.join(shared_dir, "a.img"), 1 << 20, seed=1)
+    sub = LocalSubsystem(shared_dir, "s", {"a": os.path.join(shared_dir, "a.img")})
+    try:
+        os.chmod(sub.control, 0o666)
+        other = subprocess.run(["/usr/bin/python3", "-c", PEER, sub.control], user=65534, group=65534,
+                               capture_output=True, text=True, timeout=30)
+        assert other.returncode == 0, other.stderr
+        reply = json.loads(other.stdout)
+        assert reply["ok"] is False and reply["error"] == "denied" and "65534" in reply["message"]
+        root = subprocess.run(["/usr/bin/python3", "-c", PEER, sub.control], capture_output=True, text=True,
+                              timeout=30)
+        assert json.loads(root.stdout)["ok"] is True
+    finally:
+        sub.stop()
+
+
+def test_control_status_prints_what_it_can_when_a_controller_reported_odd_counters(subsystem, ctl):
+    ctl.rq("hello", version=1)
+    assert ctl.rq("open")["ok"] and ctl.rq("freeze")["ok"] and ctl.rq("thaw")["ok"]
+    assert ctl.rq("heartbeat", copier={"chunks_in_order": "many", "surprise": {"x": 1}})["ok"]
+    proc = tzero("status", subsystem.control, check=False)
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert "session" in proc.stdout and "active" in proc.stdout

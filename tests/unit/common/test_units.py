@@ -50,3 +50,9 @@ def test_units_human_duration_reads_as_people_say_it(seconds, text):
 
 def test_units_human_rate_is_a_human_size_per_second():
     assert human_rate(310.4 * (1 << 20)) == "310 MiB/s"
+
+
+def test_units_parse_duration_of_hundreds_of_digits_is_exact_not_an_overflow():
+    from common.units import parse_duration
+    assert parse_duration("1" + "0" * 400) == 10 ** 400
+    assert parse_duration("1" + "0" * 400 + "s") == 10 ** 403

@@ -215,3 +215,28 @@ def test_subsystem_open_since_counts_the_changes_a_session_ending_meanwhile_comm
     sub.handle(second, {"op": "close"})
     sub.slots.close()
     export.device.close()
+
+
+@pytest.mark.parametrize("how", ["close", "abort"])
+@pytest.mark.parametrize("op", ["thaw", "abort", "heartbeat", "release"])
+def test_subsystem_requests_after_another_connections_session_ended_answer_no_session(tmp_path, how, op):
+    path = tmp_path / "dev.img"
+    path.write_bytes(bytes(4 * CHUNK))
+    sub = Subsystem([Device("dev", str(path))], CHUNK, 1 << 20, str(tmp_path), {"socket": "/nowhere"})
+    owner, other = Conn(), Conn()
+    for conn in (owner, other):
+        sub.handle(conn, {"op": "hello", "version": 1})
+    sub.handle(owner, {"op": "open"})
+    sub.handle(owner, {"op": "freeze"})
+    sub.handle(owner, {"op": "thaw"})
+    assert sub.session.flushed.wait(5)
+    sub.handle(owner, {"op": how})
+    fields = {"export": "dev", "ranges": [[0, 1]]} if op == "release" else {}
+    with pytest.raises(ProtocolError) as refused:
+        sub.handle(other, {"op": op, **fields})
+    assert refused.value.code == "no-session", "the session ended: there is nobody's session to drive"
+    with pytest.raises(ProtocolError) as owners:
+        sub.handle(owner, {"op": op, **fields})
+    assert owners.value.code == ("aborted" if how == "abort" else "no-session"), "its owner learns why it ended"
+    sub.slots.close()
+    sub.exports["dev"].device.close()
