@@ -6,6 +6,7 @@ a pipe, a file system's own limit); callers get all or an OSError, never a short
 
 import errno
 import os
+import secrets
 import tempfile
 
 # The bytes-like objects the functions here take (collections.abc.Buffer is 3.12's).
@@ -14,6 +15,7 @@ WritableBuffer = bytearray | memoryview  # what a read may fill
 
 ZEROS = memoryview(bytes(1 << 20))  # read-only: what zero_fill writes when nothing cheaper works
 PRIVATE = 0o600  # disk images and backups hold whole disks: owner only, whatever the umask
+PARTIAL_INFIX = ".partial-"  # PATH.partial-XXXXXXXX: one run's file on its way to become PATH
 
 
 def read_fully(fd: int, buf: WritableBuffer, offset: int, name: str) -> None:
@@ -65,6 +67,24 @@ def create_private(path: str, exclusive: bool = True) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def create_partial(path: str) -> tuple[int, str]:
+    """A new private file beside PATH for one run to write PATH in, under a name of its own:
+    PATH.partial-XXXXXXXX, created O_EXCL, so no two runs ever share one, and no run can
+    truncate, remove or rename another's. Returns (fd, its path)."""
+    while True:
+        partial = f"{path}{PARTIAL_INFIX}{secrets.token_hex(4)}"
+        try:
+            return create_private(partial), partial
+        except FileExistsError:
+            continue  # 2^-32 per try: another run's name
+
+
+def is_partial_of(name: str, path_name: str) -> bool:
+    """Whether file NAME (in PATH's directory) is a partial file of PATH_NAME (create_partial's)."""
+    rest = name.removeprefix(path_name + PARTIAL_INFIX)
+    return rest != name and len(rest) == 8 and all(c in "0123456789abcdef" for c in rest)
 
 
 def fsync_dir(path: str) -> None:

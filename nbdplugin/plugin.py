@@ -130,16 +130,16 @@ def list_exports(readonly: bool, is_tls: bool) -> list[str]:
     return list(_state["subsystem"].exports)
 
 
-def default_export(readonly: bool, is_tls: bool) -> str:
-    return next(iter(_state["subsystem"].exports))
+# No default_export: a client that names no export (an empty name, as a URI with two slashes
+# gives) is refused, never handed some disk it did not name.
 
 
 def open(readonly: bool) -> Handle:
     subsystem = _state["subsystem"]
     name, at, token = nbdkit.export_name().partition("@")
-    export = subsystem.exports.get(name or next(iter(subsystem.exports)))
+    export = subsystem.exports.get(name)
     if export is None:
-        _fail(errno.ENOENT, f"no export named {name!r}")
+        _fail(errno.ENOENT, f"no export named {name!r} (this subsystem serves {', '.join(subsystem.exports)})")
     if not at:
         return LiveHandle(export, readonly)
     session = subsystem.view_session(token)

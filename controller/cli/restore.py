@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import sys
 import time
 
 from backupformat.chain import merged
@@ -28,8 +29,9 @@ alone.
 
 The whole backup is read once and verified as it goes; files appear under their names
 only once it has all verified (until then they are NAME.img.partial). A device or an
-export is written in place: a failure midway says that it is incomplete. An unknown
-dataset NAME is a usage error (exit 2).
+export is written in place, and only with --force: what was found there (the export the
+server resolved the URI's name to, its size) is printed before the first write; a failure
+midway says that it is incomplete. An unknown dataset NAME is a usage error (exit 2).
 
 An incremental backup is restored with its chain of bases, found beside it by the names
 it records (or given with --base): each block is written once, from the newest backup
@@ -51,7 +53,8 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("backup", metavar="BACKUP", help="the backup file, or - for standard input")
     p.add_argument("--to", required=True, metavar="DIR|PATH|NBD-URI", help="where to restore")
     p.add_argument("--dataset", metavar="NAME", help="restore only this dataset")
-    p.add_argument("--force", action="store_true", help="replace existing image files")
+    p.add_argument("--force", action="store_true",
+                   help="replace existing image files; overwrite a block device or NBD export")
     p.add_argument("--base", dest="bases", action="append", metavar="FILE",
                    help="a base of an incremental backup (repeat for each), instead of looking beside it")
     p.add_argument("--json", action="store_true", help="print one JSON object when done (docs/json.md)")
@@ -80,7 +83,12 @@ def run(args: argparse.Namespace) -> int:
                 names = ", ".join(repr(d.name) for d in header.datasets) or "no datasets"
                 raise UsageError(f"{label} has no dataset {args.dataset!r}; "
                                  f"it holds {names}") from None
-            plan = {index: open_target(args.to, header.datasets[index], args.force, args.tls_certificates)}
+            target = open_target(args.to, header.datasets[index], args.force, args.tls_certificates)
+            if not target.atomic and not args.quiet:  # it holds data: say what is about to be overwritten
+                dataset = header.datasets[index]
+                print(f"restoring {dataset.name!r} ({human_size(dataset.size)}) onto {target.described}",
+                      file=sys.stderr if args.json else sys.stdout, flush=True)
+            plan = {index: target}
         shown = Progress(args, "restore", sum(d.size for d in header.datasets))
         wait = WaitClock("waiting on the target writes")
         shown.why_slow = wait.reason

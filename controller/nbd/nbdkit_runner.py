@@ -105,19 +105,21 @@ def accepts_unix(path: str) -> bool:
 
 
 def serves_nbd(where: NbdListen) -> bool:
-    """A full NBD handshake, so nbdkit does not log a half-open probe as an error; with TLS,
-    only a connection (a client certificate may not be at hand, and nbdkit says nothing of
-    a client that hangs up before its handshake)."""
+    """The server negotiates NBD: a clean handshake that ends in NBD_OPT_ABORT, so nbdkit does
+    not log a half-open probe as an error, and names no export (a subsystem has no default);
+    with TLS, only a connection (a client certificate may not be at hand, and nbdkit says
+    nothing of a client that hangs up before its handshake)."""
     if where.tls_dir is not None:
         assert where.port is not None, "TLS is for TCP"
         return accepts_tcp(where.dial_host, where.port)
     h = nbd.NBD()
+    h.set_opt_mode(True)
     try:
         if where.socket is not None:
             h.connect_unix(where.socket)
         else:
             h.connect_tcp(where.dial_host, str(where.port))
-        h.shutdown()
+        h.opt_abort()
         return True
     except nbd.Error:
         return False

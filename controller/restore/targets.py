@@ -2,12 +2,17 @@
 (write, finish, commit, abort; `touched` and `atomic` say what a failure leaves).
 
 Failure policy, per kind of target:
-  new file       written as PATH.partial, sparse (holes are never written),
-                 renamed over PATH by commit; abort removes the .partial. Atomic.
+  new file       written as PATH.partial-XXXXXXXX, this run's own (O_EXCL, 0600), sparse
+                 (holes are never written), renamed over PATH by commit; abort removes
+                 it. Atomic.
   block device,  hold old data, so every gap between records is zeroed, and so
   NBD export     is the tail up to the dataset size; bytes beyond the dataset
                  size are left alone. Not atomic: a failure after the first write
                  says "restore of 'NAME' onto TARGET is incomplete: <reason>".
+                 They are written only with --force, as an existing file is replaced
+                 only with it; `described` says what was found there (the export the
+                 server resolved the URI's name to, the size), and the command prints
+                 it before the first write.
 Every target is checked (size, writability) before the first record is read.
 """
 
@@ -21,7 +26,7 @@ from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
 
 from backupformat import Dataset, Header
 from common import blockdev
-from common.fileio import ZEROS, Buffer, fsync_dir, write_all, zero_fill
+from common.fileio import ZEROS, Buffer, create_partial, fsync_dir, write_all, zero_fill
 from common.units import exact_size
 from controller.errors import RestoreError, UsageError
 
@@ -44,6 +49,9 @@ class Target(Protocol):
     touched: bool  # written or zeroed: from then on a failure leaves it incomplete
     atomic: bool  # a failure leaves nothing behind, however far it got
 
+    @property
+    def described(self) -> str: ...  # what it is, for people: "block device /dev/sdb (N bytes)"
+
     def write(self, offset: int, data: Buffer) -> None: ...
     def finish(self) -> None: ...
     def commit(self) -> None: ...
@@ -63,17 +71,19 @@ class FileTarget:
         # Set at start, never changed.
         self.label = path
         self.dataset = dataset
-        self.partial = path + ".partial"
         # Restore loop only.
         self.touched = False
         self._fd: int | None  # None once committed or aborted
         try:
-            # A .partial left by an earlier failed run is ours to overwrite.
-            self._fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                               0o600)
+            # This run's own file, private whatever the umask: another run's is never touched.
+            self._fd, self.partial = create_partial(path)
         except OSError as e:
-            raise RestoreError(f"cannot create {self.partial}: {e.strerror}") from None
+            raise RestoreError(f"cannot create a file beside {path}: {e.strerror}") from None
         self._io(os.ftruncate, self._fd, dataset.size)
+
+    @property
+    def described(self) -> str:
+        return f"file {self.label}"
 
     def write(self, offset: int, data: Buffer) -> None:
         self._io(write_all, self._open_fd, data, offset)
@@ -115,11 +125,13 @@ class _InPlaceTarget(ABC):
     """
 
     atomic = False
+    kind = "target"  # what it is, for people: "block device", "export"
 
     def __init__(self, label: str, device_size: int, dataset: Dataset):
         # Set at start, never changed.
         self.label = label
         self.dataset = dataset
+        self.size = device_size
         # Restore loop only.
         self.touched = False  # written or zeroed: from then on a failure leaves it incomplete
         self._cursor = 0  # everything below is restored
@@ -127,6 +139,16 @@ class _InPlaceTarget(ABC):
             self.close()
             raise RestoreError(f"{label} is too small for dataset {dataset.name!r}: "
                                f"{exact_size(device_size)}, needs {exact_size(dataset.size)}")
+
+    @property
+    def described(self) -> str:
+        """What this target is, as found: "block device /dev/sdb (N bytes)"."""
+        return f"{self.kind} {self.label}, {exact_size(self.size)}"
+
+    @property
+    def found(self) -> str:
+        """What was found at the label: "a block device (N bytes)"."""
+        return f"a {self.kind} of {exact_size(self.size)}"
 
     def write(self, offset: int, data: Buffer) -> None:
         assert offset >= self._cursor, "the reader yields records in ascending order"
@@ -164,6 +186,8 @@ class _InPlaceTarget(ABC):
 
 class DeviceTarget(_InPlaceTarget):
     """An open file descriptor written in place: a block device (or, in tests, a file)."""
+
+    kind = "block device"
 
     def __init__(self, fd: int, label: str, device_size: int, dataset: Dataset):
         # Restore loop only.
@@ -223,10 +247,12 @@ class NbdTarget(_InPlaceTarget):
     """An NBD export, by URI, written in place through libnbd. An nbds:// URI is TLS with the
     certificates of TLS_DIR, or of the URI's own tls-certificates=DIR."""
 
+    kind = "export"
+
     def __init__(self, uri: str, dataset: Dataset, tls_dir: str | None = None):
         import nbd  # only NBD targets need libnbd
 
-        # Set at start, never changed: _nbd, _can_zero (and label, dataset: _InPlaceTarget).
+        # Set at start, never changed: _nbd, _can_zero, export (and label, dataset: _InPlaceTarget).
         # Restore loop only: _h, None once closed.
         self._nbd: ModuleType = nbd
         self._h: nbd.NBD | None = None
@@ -237,16 +263,34 @@ class NbdTarget(_InPlaceTarget):
             h.set_uri_allow_local_file(True)
             if tls_dir is not None:
                 h.set_tls_certificates(tls_dir)
+            h.set_full_info(True)  # so the server names the export it resolved the URI's name to
             h.connect_uri(uri)
         except nbd.Error as e:
             raise RestoreError(f"cannot connect to {uri}: {e.string}") from None
         self._h = h
         self.label = uri
+        self.export = self._export_name(h)
         if self._call(h.is_read_only):
             self.close()
             raise RestoreError(f"{uri} is read-only")
         self._can_zero = self._call(h.can_zero)
         super().__init__(uri, self._call(h.get_size), dataset)
+
+    def _export_name(self, h: "nbd.NBD") -> str:
+        """The export's name as the server resolved it; the name asked for if it does not say."""
+        try:
+            name: str = h.get_canonical_export_name()
+        except self._nbd.Error:
+            name = h.get_export_name()
+        return name
+
+    @property
+    def described(self) -> str:
+        return f"export {self.export!r} of {self.label}, {exact_size(self.size)}"
+
+    @property
+    def found(self) -> str:
+        return f"export {self.export!r} of a running NBD server, {exact_size(self.size)}"
 
     def _pwrite(self, offset: int, data: Buffer) -> None:
         view = memoryview(data)
@@ -291,9 +335,10 @@ class NbdTarget(_InPlaceTarget):
 def open_target(to: str, dataset: Dataset, force: bool, tls_dir: str | None = None) -> Target:
     """The target TO names for DATASET: an NBD URI (TLS_DIR: the certificates of an nbds:// one),
     a block device, a directory (DIR/NAME.img in it) or a file path. Checked and opened,
-    nothing written yet."""
+    nothing written yet. A device or an export holds data: without FORCE it is refused
+    (UsageError) once opened, with what it was found to be."""
     if is_nbd_uri(to):
-        return NbdTarget(to, dataset, tls_dir)
+        return _forced(NbdTarget(to, dataset, tls_dir), force)
     try:
         mode = os.stat(to).st_mode
     except FileNotFoundError:
@@ -303,8 +348,16 @@ def open_target(to: str, dataset: Dataset, force: bool, tls_dir: str | None = No
     if stat.S_ISDIR(mode):
         return new_file(os.path.join(to, dataset.name + ".img"), dataset, force)
     if stat.S_ISBLK(mode):
-        return DeviceTarget.open(to, dataset)
+        return _forced(DeviceTarget.open(to, dataset), force)
     return new_file(to, dataset, force)
+
+
+def _forced(target: _InPlaceTarget, force: bool) -> _InPlaceTarget:
+    """TARGET if FORCE, else closed and refused: restoring onto it destroys what it holds."""
+    if not force:
+        target.close()
+        raise UsageError(f"{target.label} is {target.found}: restoring overwrites it; use --force")
+    return target
 
 
 def new_file(path: str, dataset: Dataset, force: bool) -> FileTarget:

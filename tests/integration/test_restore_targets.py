@@ -27,9 +27,10 @@ def loop_device(tmp_path):
 
 def test_restore_dataset_to_block_device_zeroes_gaps(loop_device, tmp_path, capsys):
     dev, backing = loop_device
-    code, _, err = run_restore(capsys, write_backup(tmp_path / "b.tzb"), "--dataset", "b",
-                               "--to", dev)
+    code, out, err = run_restore(capsys, write_backup(tmp_path / "b.tzb"), "--dataset", "b",
+                                 "--to", dev, "--force")
     assert code == 0, err
+    assert out.splitlines()[0] == f"restoring 'b' (97.7 KiB) onto block device {dev}, 256 KiB ({256 << 10} bytes)"
     data = backing.read_bytes()
     assert data[:100_000] == image(1) and data[100_000:] == GARBAGE * ((256 << 10) - 100_000)
 
@@ -77,9 +78,10 @@ def nbd_export(nbdkit):
 def test_restore_dataset_to_nbd_zeroes_gaps_keeps_beyond(nbd_export, tmp_path, capsys):
     uri, read_back = nbd_export
     code, out, err = run_restore(capsys, write_backup(tmp_path / "b.tzb"), "--dataset", "b",
-                                 "--to", uri)
+                                 "--to", uri, "--force")
     assert code == 0, err
-    assert out == f"restored 'b' (97.7 KiB) to {uri}\n"
+    assert out == (f"restoring 'b' (97.7 KiB) onto export '' of {uri}, 256 KiB ({256 << 10} bytes)\n"
+                   f"restored 'b' (97.7 KiB) to {uri}\n")
     data = read_back()
     assert data[:100_000] == image(1)
     assert data[100_000:] == GARBAGE * ((256 << 10) - 100_000)
@@ -89,7 +91,7 @@ def test_restore_dataset_to_nbd_zeroes_gaps_keeps_beyond(nbd_export, tmp_path, c
 def test_restore_dataset_to_nbd_whole_size_dataset(nbd_export, tmp_path, capsys):
     uri, read_back = nbd_export
     assert run_restore(capsys, write_backup(tmp_path / "b.tzb"), "--dataset", "a",
-                       "--to", uri)[0] == 0
+                       "--to", uri, "--force")[0] == 0
     assert read_back() == image(0)
 
 
@@ -97,7 +99,7 @@ def test_restore_dataset_to_nbd_whole_size_dataset(nbd_export, tmp_path, capsys)
 def test_restore_dataset_to_nbd_zeroes_tail_hole(nbd_export, tmp_path, capsys):
     uri, read_back = nbd_export
     backup = write_backup(tmp_path / "t.tzb", [(0, 4096, b"\x01" * 512)], (("t", 200_000),))
-    assert run_restore(capsys, backup, "--dataset", "t", "--to", uri)[0] == 0
+    assert run_restore(capsys, backup, "--dataset", "t", "--to", uri, "--force")[0] == 0
     expected = bytes(4096) + b"\x01" * 512 + bytes(200_000 - 4608)
     assert read_back() == expected + GARBAGE * ((256 << 10) - 200_000)
 
@@ -124,7 +126,7 @@ def test_restore_dataset_to_read_only_nbd_refused(nbdkit, tmp_path, capsys):
 def test_restore_dataset_to_nbd_damaged_says_incomplete(nbd_export, tmp_path, capsys):
     uri, _ = nbd_export
     backup = bad_backup(tmp_path, flip_in_b)
-    code, _, err = run_restore(capsys, backup, "--dataset", "b", "--to", uri)
+    code, _, err = run_restore(capsys, backup, "--dataset", "b", "--to", uri, "--force")
     assert code == 1
     assert err == (f"tzero: restore of 'b' onto {uri} is incomplete: {backup}: "
                    "dataset 'b' at offset 65536: record checksum mismatch\n")
@@ -135,7 +137,7 @@ def test_restore_dataset_to_nbd_damage_before_first_write_is_not_incomplete(
         nbd_export, tmp_path, capsys):
     uri, read_back = nbd_export
     backup = bad_backup(tmp_path, flip_in_a)
-    code, _, err = run_restore(capsys, backup, "--dataset", "b", "--to", uri)
+    code, _, err = run_restore(capsys, backup, "--dataset", "b", "--to", uri, "--force")
     assert code == 4, "a damaged backup, nothing written"
     assert err == f"tzero: {backup}: dataset 'a' at offset 0: record checksum mismatch\n"
     assert read_back() == GARBAGE * (256 << 10)
@@ -148,3 +150,22 @@ def test_restore_nbd_unreachable_exits_1_with_one_line(tmp_path, capsys):
     assert code == 1 and err.startswith(f"tzero: cannot connect to {uri}: ")
     assert err.count("\n") == 1
 
+
+
+@needs_nbdkit
+def test_restore_dataset_to_nbd_without_force_is_refused_untouched(nbd_export, tmp_path, capsys):
+    uri, read_back = nbd_export
+    code, out, err = run_restore(capsys, write_backup(tmp_path / "b.tzb"), "--dataset", "b", "--to", uri)
+    assert code == 2 and out == ""
+    assert err == (f"tzero: {uri} is export '' of a running NBD server, 256 KiB ({256 << 10} bytes): restoring "
+                   "overwrites it; use --force\n")
+    assert read_back() == GARBAGE * (256 << 10)
+
+
+def test_restore_dataset_to_block_device_without_force_is_refused_untouched(loop_device, tmp_path, capsys):
+    dev, backing = loop_device
+    code, out, err = run_restore(capsys, write_backup(tmp_path / "b.tzb"), "--dataset", "b", "--to", dev)
+    assert code == 2 and out == ""
+    assert err == (f"tzero: {dev} is a block device of 256 KiB ({256 << 10} bytes): restoring overwrites it; "
+                   "use --force\n")
+    assert backing.read_bytes() == GARBAGE * (256 << 10)

@@ -5,7 +5,7 @@ import subprocess
 import nbd
 import pytest
 
-from helpers import make_image
+from helpers import make_image, tzero
 from raw_control import RawControl
 
 SIZE = 4 << 20
@@ -116,3 +116,48 @@ def test_block_device_export_takes_its_size_from_the_device_and_zeroes_by_ioctl(
     h.zero(CHUNK, 2 * CHUNK)
     assert h.pread(CHUNK, 2 * CHUNK) == bytes(CHUNK)
     h.shutdown()
+
+
+@pytest.fixture
+def two_disks(tmp_path, serve):
+    """A subsystem serving disk0 and disk1, with what each holds."""
+    images = {n: make_image(tmp_path / f"{n}.img", SIZE, seed=20 + i) for i, n in enumerate(["disk0", "disk1"])}
+    return serve("two", {n: tmp_path / f"{n}.img" for n in images}, "--chunk", "64K"), images
+
+
+def test_empty_export_name_is_refused_never_the_first_export(two_disks):
+    sub, _ = two_disks
+    h = nbd.NBD()
+    with pytest.raises(nbd.Error, match="no export"):
+        h.connect_unix(sub.socket)
+
+
+def test_restore_onto_a_uri_with_an_empty_export_name_writes_nothing(tmp_path, two_disks):
+    """The slip of the keyboard: two slashes, so 'disk1' is the URI's host and the export name is
+    empty. Nothing may land on disk0 (the first export), --force or not."""
+    sub, images = two_disks
+    out = tmp_path / "b.tzb"
+    tzero("backup", "-s", sub.control, "-o", out, "--no-progress", "--dataset", "disk1=disk1")
+    for force in ([], ["--force"]):
+        proc = tzero("restore", out, "--dataset", "disk1", "--to", f"nbd+unix://disk1?socket={sub.socket}", *force,
+                     check=False)
+        assert proc.returncode != 0 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+        assert "restoring" not in proc.stdout
+    assert (tmp_path / "disk0.img").read_bytes() == images["disk0"]
+    assert (tmp_path / "disk1.img").read_bytes() == images["disk1"]
+
+
+def test_restore_onto_a_live_export_needs_force_and_names_the_export_first(tmp_path, two_disks):
+    sub, images = two_disks
+    out = tmp_path / "b.tzb"
+    tzero("backup", "-s", sub.control, "-o", out, "--no-progress", "--dataset", "disk1=disk1")
+    h = sub.connect("disk1")
+    h.pwrite(b"later" * 1000, 0)
+    h.shutdown()
+    refused = tzero("restore", out, "--dataset", "disk1", "--to", sub.uri("disk1"), check=False)
+    assert refused.returncode == 2 and "use --force" in refused.stderr and "'disk1'" in refused.stderr
+    done = tzero("restore", out, "--dataset", "disk1", "--to", sub.uri("disk1"), "--force")
+    assert done.stdout.splitlines()[0] == f"restoring 'disk1' (4 MiB) onto export 'disk1' of {sub.uri('disk1')}, " \
+                                          f"4 MiB ({SIZE} bytes)"
+    assert (tmp_path / "disk1.img").read_bytes() == images["disk1"]
+    assert (tmp_path / "disk0.img").read_bytes() == images["disk0"]

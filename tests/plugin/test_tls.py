@@ -128,10 +128,10 @@ def test_tls_restore_writes_onto_an_nbds_export_given_certificates_either_way(tl
     make_image(tmp_path / "t.img", SIZE, seed=99)
     control, port = free_ports(2)
     target = serve("target", {"t": tmp_path / "t.img"}, listen=Listen("127.0.0.1", control, port, pki))
-    tzero("restore", out, "--dataset", "a", "--to", f"nbds://127.0.0.1:{port}/t", "--tls-certificates", pki)
+    tzero("restore", out, "--dataset", "a", "--to", f"nbds://127.0.0.1:{port}/t", "--tls-certificates", pki, "--force")
     assert (tmp_path / "t.img").read_bytes() == initial
     make_image(tmp_path / "t.img", SIZE, seed=98)  # overwritten in place: the next restore must redo it
-    tzero("restore", out, "--dataset", "a", "--to", target.uri("t"))
+    tzero("restore", out, "--dataset", "a", "--to", target.uri("t"), "--force")
     assert (tmp_path / "t.img").read_bytes() == initial
 
 

@@ -4,6 +4,7 @@ left on disk when the backup is damaged or the target unfit."""
 import io
 import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -98,12 +99,31 @@ def test_restore_to_dir_force_with_damaged_backup_keeps_old_image(tmp_path, caps
     assert os.listdir(tmp_path / "out") == ["b.img"]
 
 
-def test_restore_to_dir_stale_partial_is_overwritten(tmp_path, capsys):
+def test_restore_to_dir_leaves_another_runs_partial_alone(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "a.img.partial").write_bytes(GARBAGE * (1 << 20))
     assert run_restore(capsys, write_backup(tmp_path / "b.tzb"), "--to", tmp_path / "out")[0] == 0
     assert (tmp_path / "out" / "a.img").read_bytes() == image(0)
-    assert not (tmp_path / "out" / "a.img.partial").exists()
+    assert (tmp_path / "out" / "a.img.partial").read_bytes() == GARBAGE * (1 << 20), "not this run's to touch"
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.img", "a.img.partial", "b.img", "empty.img"]
+
+
+def test_restore_to_dir_makes_images_private_whatever_the_umask(tmp_path, capsys):
+    old = os.umask(0)
+    try:
+        assert run_restore(capsys, write_backup(tmp_path / "b.tzb"), "--to", tmp_path / "out")[0] == 0
+    finally:
+        os.umask(old)
+    for name in ("a.img", "b.img", "empty.img"):
+        assert stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) == 0o600, "disk images are the owner's only"
+
+
+def test_restore_force_over_a_world_readable_image_leaves_a_private_one(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "b.img").write_bytes(b"mine")
+    os.chmod(tmp_path / "out" / "b.img", 0o644)
+    assert run_restore(capsys, write_backup(tmp_path / "b.tzb"), "--to", tmp_path / "out", "--force")[0] == 0
+    assert stat.S_IMODE((tmp_path / "out" / "b.img").stat().st_mode) == 0o600
 
 
 def test_restore_to_existing_file_without_dataset_is_usage_error(tmp_path, capsys):
