@@ -1,4 +1,4 @@
-"""System calls Python's os module lacks: fallocate with mode flags, and the block-device ioctls.
+"""System calls Python's os module lacks: fallocate with mode flags, renameat2, and the block-device ioctls.
 
 cffi in ABI mode against the C library already loaded in the process, so nothing
 is compiled at install time.
@@ -12,12 +12,17 @@ import struct
 import cffi
 
 _ffi = cffi.FFI()
-_ffi.cdef("int fallocate(int fd, int mode, long offset, long len);")
+_ffi.cdef("""
+int fallocate(int fd, int mode, long offset, long len);
+int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
+""")
 _libc = _ffi.dlopen(None)
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
+AT_FDCWD = -100
+RENAME_NOREPLACE = 1
 
 # From linux/fs.h: _IO(0x12, 119), _IO(0x12, 127), _IOR(0x12, 114, size_t).
 BLKDISCARD = 0x1277
@@ -29,6 +34,19 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     if _libc.fallocate(fd, mode, offset, length) != 0:
         err = _ffi.errno
         raise OSError(err, os.strerror(err))
+
+
+def rename_noreplace(src: str, dst: str) -> None:
+    """Rename SRC to DST unless DST exists (FileExistsError then), in one step: nothing can
+    appear at DST between a check and the rename. A file system that cannot (EINVAL) gets
+    link-then-unlink, which refuses an existing DST just the same."""
+    if _libc.renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), RENAME_NOREPLACE) == 0:
+        return
+    err = _ffi.errno
+    if err != errno.EINVAL:
+        raise OSError(err, os.strerror(err), dst)
+    os.link(src, dst)
+    os.unlink(src)
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:

@@ -13,6 +13,7 @@ Exit statuses, the same for every command (README and `tzero --help` list them):
         aborted (freeze deadline, lease, side store full, a lost connection); retry later
     4   the backup is damaged, truncated or not a tzero backup (verify failed)
     70  an internal error: a bug in tzero (--debug shows the traceback)
+    128+N  stopped by signal N (SIGINT 130, SIGTERM 143, SIGHUP 129), after cleaning up
 """
 
 EXIT_OK = 0
@@ -30,6 +31,9 @@ EXIT_STATUSES = {
     EXIT_DAMAGED: "the backup is damaged, truncated or not a tzero backup",
     EXIT_BUG: "internal error (a bug; --debug shows the traceback)",
 }
+# Not an entry above: 128 + N when signal N (SIGINT, SIGTERM, SIGHUP) stopped the command,
+# after it cleaned up (controller/signals.py); `--help` lists it with the others.
+SIGNAL_STATUS = "128+N: stopped by signal N (SIGINT 130, SIGTERM 143, SIGHUP 129), after cleaning up"
 
 
 class TzeroError(Exception):

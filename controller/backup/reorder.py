@@ -12,9 +12,19 @@ the copier's loop touches it.
 import os
 
 from common.fileio import Buffer, read_fully, unlinked_scratch_file, write_all
-from controller.errors import os_error
+from controller.errors import UsageError, os_error
 
 Key = tuple[int, int]  # a piece's place in the stream: scheduler.key
+
+
+def check_spill_dir(spill_dir: str | None, option: str = "--spill-dir") -> None:
+    """UsageError unless a spill file can be made in SPILL_DIR (None: the temp directory): found
+    out before anything is frozen, not when the first chunk spills, seconds into the copy."""
+    try:
+        os.close(unlinked_scratch_file(spill_dir, "tzero-reorder-"))
+    except OSError as e:
+        where = f"{option} {spill_dir}" if spill_dir else "the temp directory (TMPDIR)"
+        raise UsageError(f"{where}: cannot make a spill file there: {e.strerror or e}") from None
 
 
 class ReorderBuffer:

@@ -27,6 +27,7 @@ import nbd
 from common.arena import huge_page_arena
 from controller.backup.layout import Piece
 from controller.backup.local_read import LocalRead
+from controller.signals import deferred
 
 # Connections to each view. nbdkit runs one worker per connection (--threads 1), so
 # this is how many of the view's reads the server works on at once.
@@ -202,7 +203,8 @@ class ViewReader:
         if self.local is not None and not aside:
             view = data[:length]
             for lo, n in self.local.read(view, physical):
-                view[lo - physical:lo - physical + n] = h.pread(n, lo)
+                with deferred():  # a synchronous read may run the completion callbacks of others
+                    view[lo - physical:lo - physical + n] = h.pread(n, lo)
             self._complete(r, 0)
         else:
             h.aio_pread(r.buf, r.physical, completion=lambda err: self._complete(r, err.value))
@@ -231,7 +233,8 @@ class ViewReader:
 
     def pread(self, length: int, offset: int) -> bytes:
         """A synchronous read, for the few that do not go through the queue."""
-        data: bytes = self.handle.pread(length, offset)
+        with deferred():  # it may run the completion callbacks of reads in flight
+            data: bytes = self.handle.pread(length, offset)
         return data
 
     def busy_handles(self) -> list[nbd.NBD]:
@@ -251,7 +254,8 @@ class ViewReader:
             return
         for h in self.handles:
             try:
-                h.shutdown()
+                with deferred():  # shutting down completes what is in flight, callbacks and all
+                    h.shutdown()
             except nbd.Error:
                 pass  # the view may already be gone with its session
 
@@ -278,8 +282,9 @@ def wait(readers: list[ViewReader], timeout_ms: int = 1000) -> list[tuple[ViewRe
                 fds[fd] = h
     for fd, revents in poller.poll(timeout_ms):
         h = fds[fd]
-        if revents & (select.POLLIN | select.POLLHUP | select.POLLERR):
-            h.aio_notify_read()
-        if revents & select.POLLOUT:
-            h.aio_notify_write()
+        with deferred():  # libnbd runs the completion callbacks of the reads it finishes here
+            if revents & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                h.aio_notify_read()
+            if revents & select.POLLOUT:
+                h.aio_notify_write()
     return [(r, read) for r in busy for read in r.reap()]

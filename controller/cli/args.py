@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, TypeAlias
 
 from common import units
-from controller.errors import EXIT_STATUSES, EXIT_USAGE, UsageError
+from controller.errors import EXIT_STATUSES, EXIT_USAGE, SIGNAL_STATUS, UsageError
 
 # What main.py hands to every command's register(): add_parser makes its ArgumentParser.
 # A string: the class is generic to type checkers only.
@@ -91,7 +91,8 @@ def epilog(examples: tuple[tuple[str, str], ...]) -> str:
 
 def exit_status_text() -> str:
     """The exit statuses, as every --help shows them."""
-    return "exit status:\n" + "\n".join(f"  {code:<3} {meaning}" for code, meaning in EXIT_STATUSES.items())
+    return "exit status:\n" + "\n".join(f"  {code:<3} {meaning}" for code, meaning in EXIT_STATUSES.items()) \
+        + f"\n  {SIGNAL_STATUS}"
 
 
 def setting(parser: TzeroParser | argparse._ActionsContainer, *flags: str, key: str, default: str | None, help: str,

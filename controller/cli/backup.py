@@ -13,7 +13,7 @@ from backupformat import INCREMENTAL_VERSION, Header, StreamWriter, parse_compre
 from backupformat import Dataset as StreamDataset
 from common.protocol import MAX_DEADLINE_MS, MAX_LEASE_MS, MIN_DEADLINE_MS, MIN_LEASE_MS
 from common.units import human_duration, human_size
-from controller import __version__
+from controller import __version__, signals
 from controller.backup.copier import Copier, CopierStats, pool_shape
 from controller.backup.dataspec import parse_dataset
 from controller.backup.group import ConsistencyGroup, TimeZero
@@ -21,6 +21,7 @@ from controller.backup.incremental import BaseBackup, changed_chunks, generation
 from controller.backup.layout import describe
 from controller.backup.output import BackupOutput
 from controller.backup.plan import Plan, make_plan
+from controller.backup.reorder import check_spill_dir
 from controller.cli import progress
 from controller.cli.args import Subparsers, command, parse_duration, parse_size, setting
 from controller.cli.progress import Progress
@@ -69,10 +70,13 @@ while copy-before-write keeps each chunk's time-zero content until it is copied.
 backup equals, bit for bit, what every dataset held at that one instant, or the
 command fails and writes nothing.
 
-The backup goes to -o FILE (written as FILE.partial, renamed once complete and synced)
-or to standard output (-o -). Chunks fetched ahead of their place wait in --host-memory,
-then in a spill file in --spill-dir (default $TMPDIR or /tmp, which may be RAM: give a
-disk with room for the side stores' worth of chunks when applications write a lot).
+The backup goes to -o FILE, written as FILE.partial-XXXXXXXX (this run's own, 0600) and
+renamed once complete and synced, while the run holds FILE.lock: a second run on the same
+FILE is refused at once (exit 3) and touches nothing. Or to standard output (-o -), a FIFO
+or a character device such as a tape, written in place; a block device is refused.
+Chunks fetched ahead of their place wait in --host-memory, then in a spill file in
+--spill-dir (default $TMPDIR or /tmp, which may be RAM: give a disk with room for the
+side stores' worth of chunks when applications write a lot).
 Dataset specs: docs/datasets.md.
 
 With --since BASE the backup is incremental: only the chunks written, trimmed or zeroed
@@ -163,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
     if note:
         print(f"tzero: {note}", file=sys.stderr)
     specs = [parse_dataset(a) for a in args.datasets] if args.datasets else (base.specs() if base else [])
+    check_spill_dir(args.spill_dir)
     tls_dir = os.path.abspath(args.tls_certificates) if args.tls_certificates else None
     group = ConsistencyGroup(args.controls, lease_ms=lease, deadline_ms=deadline, tls_dir=tls_dir)
     output = BackupOutput(args.output, args.force)
@@ -171,9 +176,9 @@ def run(args: argparse.Namespace) -> int:
         chunk = _common_chunk_size(group)
         plan = make_plan(specs, group.members)
         pool_shape(host_memory // 2, chunk, len(plan.claims()))  # a too small --host-memory, said before freezing
+        output.open()  # OUT's lock before any session: a run racing another on OUT is refused at no cost
         full_reason = open_sessions(group, plan, base, args.full_if_needed)
         incremental = base if full_reason is None else None
-        output.open()
         zero = group.freeze_and_thaw()
         if incremental is not None:
             plan.narrow(changed_chunks(group, plan), chunk)
@@ -182,9 +187,10 @@ def run(args: argparse.Namespace) -> int:
         stats = group.close()
         output.commit()
     except BaseException as e:
-        reason = e.message if isinstance(e, TzeroError) else type(e).__name__
-        group.abort(f"controller gave up: {reason}")
-        output.discard()
+        reason = e.message if isinstance(e, TzeroError) else str(e) or type(e).__name__
+        with signals.deferred():  # a signal now waits until the clean-up is done
+            group.abort(f"controller gave up: {reason}")
+            output.discard()
         raise
     _report(args, {**summary,
                    "kind": "full" if incremental is None else "incremental",

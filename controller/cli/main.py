@@ -9,7 +9,7 @@ import importlib
 import sys
 
 from common.units import DURATION_GRAMMAR, SIZE_GRAMMAR
-from controller import __version__
+from controller import __version__, signals
 from controller.cli import settings
 from controller.cli.args import PROG, TzeroParser, epilog, global_options
 from controller.errors import EXIT_BUG, EXIT_FAILURE, TzeroError
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
+    signals.install()
     try:
         settings.apply(args, args.parser, COMMANDS)
         return int(args.func(args))
@@ -77,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tzero: {e.message}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("tzero: interrupted", file=sys.stderr)
-        return EXIT_FAILURE
+    except KeyboardInterrupt as e:  # SIGINT, SIGTERM, SIGHUP: controller/signals.py
+        print(f"tzero: {e if isinstance(e, signals.Interrupted) else 'interrupted'}", file=sys.stderr)
+        return signals.exit_status(e)
     except OSError as e:
         # Where an OS error can happen, the code says what it was doing (errors.os_error);
         # one that escapes that still gets one line with its path.

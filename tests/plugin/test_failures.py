@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from control_proxy import ControlProxy
 
 from helpers import REPO, TZERO, make_image, tzero, wait_for
 from raw_control import RawControl
@@ -167,3 +168,51 @@ def test_serve_refuses_bad_exports_with_one_line(tmp_path, args, fragment):
     proc = tzero("serve", "--control", tmp_path / "c.ctl", "--socket", tmp_path / "n.sock", *args,
                  check=False, timeout=60)
     assert proc.returncode == 2 and fragment in one_line(proc.stderr)
+
+
+def leftovers(directory, name):
+    return sorted(n for n in os.listdir(directory) if n.startswith(name))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_backup_stopped_by_a_signal_mid_copy_aborts_and_leaves_nothing(tmp_path, sub, sig):
+    """What `timeout`, systemd, a closed terminal and Ctrl-C send: the session is aborted, the
+    partial file removed, one line, exit 128 + the signal."""
+    proxy = ControlProxy(sub.control, tmp_path / "proxy.ctl", hold="release")
+    out = tmp_path / "out.tzb"
+    try:
+        with subprocess.Popen([*TZERO, "backup", "-s", proxy.path, "-o", str(out), "--no-progress"],
+                              stderr=subprocess.PIPE, text=True, cwd=REPO) as proc:
+            assert proxy.held.wait(60), "the copy reached its release"
+            assert len(leftovers(tmp_path, "out.tzb")) == 2, "mid-copy: its partial file and its lock"
+            proc.send_signal(sig)
+            status = proc.wait(60)
+            stderr = proc.stderr.read()
+    finally:
+        proxy.close()
+    assert status == 128 + sig
+    assert one_line(stderr) == f"tzero: interrupted by {signal.Signals(sig).name}"
+    assert leftovers(tmp_path, "out.tzb") == []
+    assert last_session(sub)["phase"] == "aborted"
+
+
+def test_two_backups_to_one_output_the_second_is_refused_and_the_first_completes(tmp_path, sub):
+    """Two cron jobs: the first is frozen (held at thaw) when the second starts. The second is
+    refused at once (exit 3), touches nothing; the first completes and restores exactly."""
+    proxy = ControlProxy(sub.control, tmp_path / "proxy.ctl", hold="thaw")
+    out = tmp_path / "out.tzb"
+    try:
+        with subprocess.Popen([*TZERO, "backup", "-s", proxy.path, "-o", str(out), "--no-progress", "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO) as first:
+            assert proxy.held.wait(60)
+            before = {n: os.stat(tmp_path / n).st_ino for n in leftovers(tmp_path, "out.tzb")}
+            second = tzero("backup", "-s", sub.control, "-o", out, "--force", "--no-progress", check=False)
+            assert second.returncode == 3 and "another tzero backup" in one_line(second.stderr)
+            assert {n: os.stat(tmp_path / n).st_ino for n in leftovers(tmp_path, "out.tzb")} == before
+            proxy.release()
+            assert first.wait(60) == 0, first.stderr.read()
+    finally:
+        proxy.close()
+    assert leftovers(tmp_path, "out.tzb") == ["out.tzb"]
+    tzero("restore", out, "--to", tmp_path / "restored")
+    assert (tmp_path / "restored" / "a.img").read_bytes() == (tmp_path / "a.img").read_bytes()
