@@ -26,6 +26,7 @@ import tempfile
 
 from common import units
 from common.endpoint import Endpoint, EndpointError, check_transport, parse_endpoint
+from common.fileio import unlinked_scratch_file
 
 DEFAULT_CHUNK = 64 << 10
 DEFAULT_SIDE_MEMORY = 256 << 20
@@ -138,8 +139,10 @@ class PluginConfig:
             raise ConfigError(str(e)) from None
         if not (MIN_CHUNK <= self.chunk <= MAX_CHUNK) or self.chunk & (self.chunk - 1):
             raise ConfigError(f"chunk {self.chunk}: must be a power of two from 4K to 16M")
-        if not os.path.isdir(self.side_dir):
-            raise ConfigError(f"side-dir {self.side_dir}: not a directory")
+        try:  # found out now, not when the first chunk spills in the middle of a backup
+            os.close(unlinked_scratch_file(self.side_dir, "tzero-spill-"))
+        except OSError as e:
+            raise ConfigError(f"side-dir {self.side_dir}: cannot make a spill file there: {e.strerror}") from None
         if self.state_dir and self.tracking:
             try:
                 os.makedirs(self.state_dir, mode=0o700, exist_ok=True)

@@ -2,6 +2,12 @@
 
 All I/O is positional (pread/pwrite), so connections share one descriptor and
 one page cache; that is what makes a flush on any connection cover all of them.
+
+A device is served exclusively: a block device is opened O_EXCL (the kernel then refuses
+it to mounts and to other exclusive openers, and fails the open if it is mounted or held),
+and every device gets the image locks QEMU, qemu-img and qemu-io respect (imagelock.py),
+so that nobody writes behind the back of the concordance, and two subsystems never serve
+one disk. Either refusal is a DeviceError: one line, before anything is served.
 """
 
 import errno
@@ -10,6 +16,7 @@ import stat
 
 from common import blockdev
 from common.fileio import Buffer, WritableBuffer, read_fully, write_all, zero_fill
+from nbdplugin.imagelock import ImageInUse, lock_image
 
 
 class DeviceError(Exception):
@@ -30,10 +37,22 @@ class Device:
         self.is_block = stat.S_ISBLK(st.st_mode)
         if not (self.is_block or stat.S_ISREG(st.st_mode)):
             raise DeviceError(f"export {name}: {self.path} is neither a block device nor a regular file")
+        exclusive = os.O_EXCL if self.is_block else 0
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC | exclusive)
         except OSError as e:
+            if e.errno == errno.EBUSY:
+                raise DeviceError(f"export {name}: {self.path} is in use (mounted, or held by another "
+                                  "program)") from None
             raise DeviceError(f"export {name}: {self.path}: {e.strerror}") from None
+        try:
+            lock_image(self.fd)
+        except ImageInUse as e:
+            os.close(self.fd)
+            raise DeviceError(f"export {name}: {self.path} is in use: {e}") from None
+        except OSError as e:
+            os.close(self.fd)
+            raise DeviceError(f"export {name}: {self.path}: locking it failed: {e.strerror}") from None
         self.size = blockdev.block_device_size(self.fd) if self.is_block else st.st_size
 
     def read_into(self, buf: WritableBuffer, offset: int) -> None:
@@ -106,4 +125,7 @@ class Device:
         return runs
 
     def close(self) -> None:
-        os.close(self.fd)
+        """Let the device go (its locks with it); closing twice is harmless."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

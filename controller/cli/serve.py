@@ -1,9 +1,11 @@
 """tzero serve: run one storage subsystem (nbdkit with the tzero plugin) in the foreground.
 
 Everything the user gave is checked here first, so a mistake is one line, not
-an nbdkit traceback. The pidfile appears only once both the NBD socket and the
-control socket accept connections; SIGTERM or SIGINT stops nbdkit and removes
-the sockets and the pidfile.
+an nbdkit traceback: the exports (each device opened and locked as the plugin will,
+then let go), the sizes, --side-dir (a spill file is made there), the sockets (their
+directories, and no other server on them), the port, the pidfile. The pidfile appears
+only once both the NBD socket and the control socket accept connections; SIGTERM,
+SIGINT or SIGHUP stops nbdkit and removes the sockets and the pidfile this run made.
 
 On a network: the control channel at --control HOST:PORT and NBD at --bind/--port, both
 with TLS and client certificates from --tls-certificates DIR (controller/net/listen.py
@@ -21,7 +23,17 @@ from controller import service
 from controller.cli.args import Subparsers, command, exclusive_group, setting
 from controller.errors import UsageError
 from controller.nbd import activation
-from controller.nbd.nbdkit_runner import PLUGIN_DIR, accepts_unix, listen_args, require_nbdkit, run_nbdkit, serves_nbd
+from controller.nbd.nbdkit_runner import (
+    PLUGIN_DIR,
+    accepts_unix,
+    check_pidfile,
+    check_port,
+    claim_socket,
+    listen_args,
+    require_nbdkit,
+    run_nbdkit,
+    serves_nbd,
+)
 from controller.net.listen import NbdListen, accepts_tcp, check_tcp_free, checked_certificates
 from nbdplugin.changestate import StateDir, StateError
 from nbdplugin.config import ConfigError, PluginConfig
@@ -105,13 +117,18 @@ def run(args: argparse.Namespace) -> int:
     if not args.exports:
         raise UsageError("name at least one export: NAME=PATH (or $TZERO_EXPORTS, or exports in the config file)")
     require_nbdkit()
+    if args.port is not None:
+        check_port(args.port)
     activated = activation.take()
     given = args.setting_sources.get("socket") == "command line"
-    if activated and (given or args.port):
+    if activated and (given or args.port is not None):
         raise UsageError("--socket and --port do not go with socket activation: the NBD socket is systemd's")
     config = _checked_config(args, activated)
     control = config.control
     assert control is not None, "_checked_config sets it"
+    if control.path is not None and config.control_fd is None:
+        claim_socket(control.path, "--control")
+    check_pidfile(args.pidfile)
     nbd = _nbd_listen(args, config, activated)
     _check_network(config, nbd, activated is None)
     env: dict[str, str] | None = None

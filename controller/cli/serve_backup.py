@@ -16,7 +16,15 @@ from common.endpoint import Endpoint, bracketed
 from common.units import human_size
 from controller.cli.args import Subparsers, command
 from controller.errors import UsageError
-from controller.nbd.nbdkit_runner import PLUGIN_DIR, listen_args, require_nbdkit, run_nbdkit, serves_nbd
+from controller.nbd.nbdkit_runner import (
+    PLUGIN_DIR,
+    check_pidfile,
+    check_port,
+    listen_args,
+    require_nbdkit,
+    run_nbdkit,
+    serves_nbd,
+)
 from controller.net.listen import NbdListen, checked_certificates, checked_transport
 from controller.restore.chain import LocalBackup, opened_chain
 
@@ -63,6 +71,9 @@ def _check(args: argparse.Namespace) -> tuple[list[tuple[str, int]], list[str]]:
     """Everything that can be wrong before nbdkit starts, as one line; the datasets (name, size)
     and the chain's files, newest first."""
     require_nbdkit()
+    if args.port is not None:
+        check_port(args.port)
+    check_pidfile(args.pidfile)
     if args.backup == "-":
         raise UsageError("serve-backup needs a backup file it can seek in, not standard input")
     with opened_chain(args.backup, args.bases) as chain:

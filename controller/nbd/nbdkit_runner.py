@@ -1,16 +1,21 @@
 """Running nbdkit in the foreground for `tzero serve` and `tzero serve-backup`.
 
-One supervision for both: start nbdkit, pass its messages on as log lines
-(nbdkit_log.py), and once it is ready write the pidfile, print what it serves and
-tell systemd (READY=1); forward SIGTERM/SIGINT (STOPPING=1), kill it if it does
-not stop in time (nbdkit 1.32 waits forever for an idle client after SIGTERM),
-and remove the sockets and pidfile it leaves behind.
+One supervision for both: every path is claimed before nbdkit starts (its directory
+exists; a socket another server listens on is refused, one a dead server left behind is
+removed, anything that is not a socket is left alone and refused; a pidfile a killed
+server left is removed), nbdkit is started, its messages passed on as log lines
+(nbdkit_log.py), and once it is ready the pidfile written, what it serves printed and
+systemd told (READY=1); SIGTERM/SIGINT/SIGHUP are forwarded (STOPPING=1), nbdkit killed
+if it does not stop in time (nbdkit 1.32 waits forever for an idle client after
+SIGTERM), and on the way out the sockets and pidfile removed: only those this run made
+(the very files, by inode), never another server's.
 """
 
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -37,13 +42,69 @@ def require_nbdkit() -> None:
         raise TzeroError("nbdkit is not installed (make setup installs it)")
 
 
+def check_port(port: int) -> None:
+    if not 0 < port < 65536:
+        raise UsageError(f"--port {port}: not a TCP port (1 to 65535)")
+
+
 def listen_args(where: NbdListen) -> list[str]:
-    """nbdkit's options for listening WHERE; a stale socket file is removed."""
+    """nbdkit's options for listening WHERE; a unix socket is claimed first (claim_socket)."""
     if where.socket is not None:
-        _clear_stale_socket(where.socket)
-    elif where.port is None or not 0 < where.port < 65536:
-        raise UsageError(f"--port {where.port}: not a TCP port")
+        claim_socket(where.socket, "--socket")
+    elif where.port is None:
+        raise UsageError("--port: not a TCP port")
+    else:
+        check_port(where.port)
     return where.nbdkit_args()
+
+
+def claim_socket(path: str, option: str) -> None:
+    """Make PATH free for a server to bind, or UsageError: its directory must exist, a server
+    listening there is refused, a socket a dead server left is removed, and anything else
+    there (a file, a directory) is left alone and refused."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"{option} {path}: no such directory {parent}")
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise UsageError(f"{option} {path}: exists and is not a socket; not touching it")
+    if accepts_unix(path):
+        raise UsageError(f"{option} {path} is in use by another server")
+    _remove(path)
+
+
+def check_pidfile(pidfile: str | None) -> None:
+    """The pidfile's directory exists; a pidfile a killed server left (its process gone) is
+    removed, so that it never says a server runs before this one does; one naming a live
+    process is refused."""
+    if not pidfile:
+        return
+    parent = os.path.dirname(os.path.abspath(pidfile))
+    if not os.path.isdir(parent):
+        raise UsageError(f"--pidfile {pidfile}: no such directory {parent}")
+    try:
+        with open(pidfile) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise UsageError(f"--pidfile {pidfile}: {e.strerror}") from None
+    if text.isascii() and text.isdigit() and _alive(int(text)):
+        raise UsageError(f"--pidfile {pidfile} names process {text}, which is running")
+    _remove(pidfile)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def run_nbdkit(cmd: list[str], ready: Callable[[], bool], pidfile: str | None, leftovers: list[str | None],
@@ -51,7 +112,10 @@ def run_nbdkit(cmd: list[str], ready: Callable[[], bool], pidfile: str | None, l
                pass_fds: tuple[int, ...] = ()) -> int:
     """Run CMD until it exits or we are asked to stop; READY() says when it serves, and then
     ANNOUNCE (what it serves, one item a line) is printed. ENV and PASS_FDS go to nbdkit.
+    LEFTOVERS: the paths nbdkit makes (claimed free beforehand): on the way out each is removed
+    if it is still the file this run's nbdkit made; so is the pidfile, if still ours.
     Returns 0 when stopped by a signal, else raises TzeroError on a non-zero exit."""
+    made = Made([p for p in leftovers if p])
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, errors="replace", env=env, pass_fds=pass_fds)
     assert proc.stderr is not None, "made with stderr=PIPE"
     messages = nbdkit_log.relay(proc.stderr, verbose)
@@ -63,30 +127,29 @@ def run_nbdkit(cmd: list[str], ready: Callable[[], bool], pidfile: str | None, l
         stopping.append(signum)
         proc.send_signal(signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, stop)
     try:
-        if _wait_ready(proc, ready):
-            _ready(pidfile, announce)
+        if _wait_ready(proc, ready, made):
+            _ready(pidfile, announce, made)
         status = _wait_stopped(proc, stopping)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         messages.join(STOP_TIMEOUT_S)  # nbdkit's last words, before ours
-        for path in [*leftovers, pidfile]:
-            if path:
-                _remove(path)
+        made.remove()
     if not stopping and status != 0:
         raise TzeroError(f"nbdkit exited with status {status}")
     service.log("info", "stopped")
     return 0
 
 
-def _ready(pidfile: str | None, announce: str) -> None:
+def _ready(pidfile: str | None, announce: str, made: "Made") -> None:
     """Serving: the pidfile, the announcement on standard output, READY=1 for systemd."""
     if pidfile:
         _write_pidfile(pidfile)
+        made.add(pidfile)
     if announce:
         print(announce, flush=True)
     first = announce.splitlines()[0] if announce else "ready"
@@ -125,20 +188,44 @@ def serves_nbd(where: NbdListen) -> bool:
         return False
 
 
-def _clear_stale_socket(path: str) -> None:
-    if not os.path.exists(path):
-        return
-    if accepts_unix(path):
-        raise UsageError(f"{path} is in use by another server")
-    os.unlink(path)
+class Made:
+    """The files this run made, known by inode: only they are removed at the end."""
+
+    def __init__(self, watched: list[str]):
+        self.watched = watched  # paths our nbdkit will make (claimed free before it started)
+        self.ids: dict[str, tuple[int, int]] = {}
+
+    def note(self) -> None:
+        """Record any watched path that appeared: our nbdkit made it (each was free before)."""
+        for path in self.watched:
+            if path not in self.ids:
+                self.add(path)
+
+    def add(self, path: str) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        self.ids[path] = (st.st_dev, st.st_ino)
+
+    def remove(self) -> None:
+        for path, ident in self.ids.items():
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if (st.st_dev, st.st_ino) == ident:
+                _remove(path)
 
 
-def _wait_ready(proc: subprocess.Popen[str], ready: Callable[[], bool]) -> bool:
+def _wait_ready(proc: subprocess.Popen[str], ready: Callable[[], bool], made: Made) -> bool:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
+        made.note()
         if proc.poll() is not None:
             return False
         if ready():
+            made.note()
             return True
         time.sleep(0.05)
     proc.terminate()

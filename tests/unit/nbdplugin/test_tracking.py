@@ -165,6 +165,7 @@ def test_changestate_file_changed_while_not_served_is_unknown(tmp_path, device, 
     m.commit(Generation("g1", 1.0))
     state.save(m, device, "stopped")
     state.close()
+    device.close()  # the server stopped: it let the device go (and its locks), so others may write it
     if outside == "write":
         with open(device.path, "r+b") as f:
             f.write(b"x")
