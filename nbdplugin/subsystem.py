@@ -151,9 +151,11 @@ class Subsystem:
         since_ids = Tracker.checked_since(msg.get("since", {}), names)
         with self._lock:
             if self.stopping:
-                raise ProtocolError("busy", "the subsystem is stopping")
+                raise ProtocolError("busy", "busy: the subsystem is stopping")
             if self.session is not None and (self.session.alive or not self.session.ended.is_set()):
-                raise ProtocolError("busy", f"session {self.session.sid} is {self.session.phase}")
+                s = self.session
+                raise ProtocolError("busy", f"busy: another backup's session ({s.sid}) is {s.phase} on this "
+                                    "subsystem; try again once it is over")
             side = SideStore(self.slots)
             exports = [self.exports[n] for n in names]
             # The reply names the session made here: once the lock is released a lease may

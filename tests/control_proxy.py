@@ -29,11 +29,20 @@ class ControlProxy:
         self._listener.bind(self.path)
         self._listener.listen(64)
         self._socks: list[socket.socket] = []
+        self._cut = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def release(self) -> None:
         """Forward the held request (and let later ones of that op through)."""
         self._go.set()
+
+    def cut(self) -> None:
+        """Drop the held request and hang up on both sides: what the subsystem sees when the
+        controller dies before its request leaves."""
+        self._cut = True
+        self._go.set()
+        for s in self._socks:
+            _hang_up(s)
 
     def close(self) -> None:
         self._go.set()
@@ -67,6 +76,8 @@ class ControlProxy:
                     if op == self.hold and not self._go.is_set():
                         self.held.set()
                         self._go.wait()
+                    if self._cut:
+                        return
                     self.ops.append(op)
                     up.sendall(line)
         except OSError:

@@ -7,8 +7,8 @@ import threading
 import time
 
 import pytest
-from control_proxy import ControlProxy
 
+from control_proxy import ControlProxy
 from helpers import REPO, TZERO, make_image, tzero, wait_for
 from raw_control import RawControl
 
