@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Sequence
 
 from testkit.workload import BLOCK, DependentWriter, stamped_block, time_zero_problems
@@ -67,6 +68,7 @@ class Load:
     def __init__(self, targets: list[tuple[str, str]], paths: Sequence[str | os.PathLike[str]], initial: list[bytes],
                  writers: int = 2, seed: int = 0):
         self.paths = [str(p) for p in paths]
+        self.names = [export for _, export in targets]
         self.initial = initial
         sizes = [len(b) for b in initial]
         self.writers = [DependentWriter(i, writers, targets, sizes, seed=seed + i) for i in range(writers)]
@@ -76,6 +78,14 @@ class Load:
 
     def writes(self) -> int:
         return sum(len(w.log) for w in self.writers)
+
+    def restricted_to(self, names: list[str]) -> tuple[list, list[bytes]]:
+        """The writers as seen by a backup of the exports NAMES (whole exports, in that order):
+        each writer's log cut to those targets, renumbered; and their initial images."""
+        index = {self.names.index(n): i for i, n in enumerate(names)}
+        writers = [types.SimpleNamespace(name=w.name, log=[(index[t], *rest) for t, *rest in w.log if t in index])
+                   for w in self.writers]
+        return writers, [self.initial[self.names.index(n)] for n in names]
 
     def wait_writes(self, more: int, timeout: float = 30) -> None:
         """Until the writers landed MORE writes than now (what they see goes on)."""
@@ -188,7 +198,8 @@ class Case:
                     got.append(f.read())
             if load is not None:
                 tz = datetime.datetime.fromisoformat(summary["time_zero"]).timestamp()
-                problems = time_zero_problems(load.writers, load.initial, got, tz)[0]
+                writers, initial = load.restricted_to(summary["datasets"])
+                problems = time_zero_problems(writers, initial, got, tz)[0]
             elif got != images:
                 problems = ["the restore differs from the disks"]
         if problems:
