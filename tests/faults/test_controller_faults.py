@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from control_proxy import ControlProxy
-from faultkit import one_line, tiny_tmpfs, unmount, wait_ended_session
+from faultkit import one_line, tiny_tmpfs, unavailable, unmount, wait_ended_session
 
 SIZE = 8 << 20
 SESSION = ("--lease", "1000", "--freeze-deadline", "500", "--host-memory", "8M")
@@ -132,7 +132,7 @@ def test_output_disk_full(case):
     sub, load = served(case)
     full = case.dir / "full"
     if not tiny_tmpfs(full, "1m"):
-        pytest.skip("cannot mount a small tmpfs here")
+        unavailable("cannot mount a small tmpfs here")
     try:
         proc = case.backup(full / "b.tzb", "-s", sub.control, "--host-memory", "8M")
         left = os.listdir(full)
@@ -240,7 +240,7 @@ def loop_device(tmp_path):
     backing.write_bytes(b"\xa5" * (1 << 20))
     proc = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True)
     if proc.returncode != 0:
-        pytest.skip("no loop device (needs root and losetup)")
+        unavailable("no loop device (needs root and losetup)")
     yield proc.stdout.strip(), backing
     subprocess.run(["losetup", "-d", proc.stdout.strip()], check=False)
 
@@ -270,7 +270,7 @@ def test_spill_dir_unusable(case, spill):
         where.write_bytes(b"")
     elif spill == "read-only":
         if not tiny_tmpfs(where, "64k") or subprocess.run(["mount", "-o", "remount,ro", str(where)]).returncode:
-            pytest.skip("cannot mount a read-only tmpfs here")
+            unavailable("cannot mount a read-only tmpfs here")
     try:
         proc = case.backup(case.dir / "b.tzb", "-s", sub.control, "--spill-dir", where)
     finally:

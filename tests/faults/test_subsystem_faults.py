@@ -14,7 +14,7 @@ import time
 import pytest
 
 from control_proxy import ControlProxy
-from faultkit import one_line, tiny_tmpfs, unmount, wait_ended_session
+from faultkit import one_line, tiny_tmpfs, unavailable, unmount, wait_ended_session
 from helpers import accepts_unix, make_image, wait_for
 
 SIZE = 8 << 20
@@ -117,7 +117,7 @@ def test_side_store_and_its_spill_disk_full(case):
     controller says so in one line, exit 3."""
     spill = case.dir / "spill"
     if not tiny_tmpfs(spill, "256k"):
-        pytest.skip("cannot mount a small tmpfs here")
+        unavailable("cannot mount a small tmpfs here")
     try:
         sub, load, _ = served(case, "--side-memory", "64K", "--side-dir", spill)
         proxy = ControlProxy(sub.control, case.dir / "proxy.ctl", hold="release")
@@ -161,7 +161,7 @@ def failing_disk(case):
     except AssertionError:
         fuse.kill()
         fuse.wait()
-        pytest.skip("nbdfuse cannot mount here")
+        unavailable("nbdfuse cannot mount here")
     yield str(mount / "disk"), str(backing), trigger, initial
     case.close()
     trigger.unlink(missing_ok=True)
@@ -380,7 +380,7 @@ def test_served_block_device_is_held_exclusively(case):
     initial = make_image(backing, SIZE, seed=11)
     made = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True)
     if made.returncode != 0:
-        pytest.skip("no loop device (needs root and losetup)")
+        unavailable("no loop device (needs root and losetup)")
     dev = made.stdout.strip()
     try:
         sub = case.serve("s", {"d": dev}, "--chunk", "64K")
