@@ -33,6 +33,7 @@ TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^Exception ignored 
 class Tally:
     cases: int = 0
     commands: int = 0
+    control_requests: int = 0  # sent to control sockets by the fuzzing, each answered
     application_writes: int = 0
     application_writes_failed: int = 0
     bytes_lost: int = 0
@@ -45,7 +46,8 @@ class Tally:
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def line(self) -> str:
-        return (f"fault matrix: {self.cases} cases, {self.commands} commands; {self.application_writes} "
+        return (f"fault matrix: {self.cases} cases, {self.commands} commands, {self.control_requests} fuzzed "
+                f"control requests; {self.application_writes} "
                 f"application writes, {self.application_writes_failed} failed, {self.bytes_lost} bytes lost; "
                 f"{self.backups_exited_0} backups exited 0, {self.backups_exited_0_inexact} inexact; "
                 f"{self.tracebacks} tracebacks")
