@@ -35,14 +35,14 @@ class _Compressor(Protocol):
 
 def parse_compression(text: str) -> tuple[int, int]:
     """'zstd' or 'zstd:LEVEL' (1-22) -> (CODEC_ZSTD, level); 'none' -> (CODEC_RAW, 0). ValueError otherwise."""
-    name, _, level_text = text.partition(":")
-    if name == "none" and not level_text:
+    name, colon, level_text = text.partition(":")
+    if name == "none" and not colon:
         return CODEC_RAW, 0
     if name != "zstd":
         raise ValueError(f"{text!r}: the codecs are zstd[:LEVEL] and none")
-    if not level_text:
+    if not colon:
         return CODEC_ZSTD, DEFAULT_ZSTD_LEVEL
-    if not level_text.isdigit() or int(level_text) not in ZSTD_LEVELS:
+    if not level_text.isascii() or not level_text.isdigit() or int(level_text) not in ZSTD_LEVELS:
         raise ValueError(f"{text!r}: the zstd level is a whole number from 1 to 22")
     return CODEC_ZSTD, int(level_text)
 

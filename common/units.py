@@ -2,7 +2,7 @@
 rates and durations for humans.
 
     SIZE  = NUMBER [UNIT]
-    NUMBER: a whole or decimal number (4096, 1.5)
+    NUMBER: a whole or decimal number in ASCII digits (4096, 1.5)
     UNIT:   K, M, G, T, P, optionally followed by B or iB, any case (64k, 512MiB, 1.5G, 2TB);
             every unit is a power of 1024; none means bytes
 
@@ -18,8 +18,10 @@ their own error (the plugin's ConfigError, the command line's usage error).
 import re
 from decimal import Decimal
 
-_SIZE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*([KMGTP]?)(?:I?B)?", re.IGNORECASE)
-_DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?", re.IGNORECASE)
+# ASCII: digits are 0-9 only (a bare \d also takes other scripts' digits, which int() reads) and
+# the units' letters are those letters only (Unicode case folding matches the Kelvin sign to K).
+_SIZE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*([KMGTP]?)(?:I?B)?", re.IGNORECASE | re.ASCII)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?", re.IGNORECASE | re.ASCII)
 _MS_PER = {"": 1, "ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 _SHIFT = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40, "P": 50}
 SIZE_GRAMMAR = "a number with an optional unit K, M, G, T (powers of 1024; B or iB may follow), e.g. 64K, 512MiB, 1.5G"

@@ -8,6 +8,7 @@ TZERO_<KEY> or the config file when the command line leaves it out (settings.py)
 """
 
 import argparse
+import re
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeAlias
 
@@ -138,3 +139,11 @@ def parse_duration(text: str, what: str = "duration") -> int:
         return units.parse_duration(text, what)
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+
+def integer(text: str) -> int:
+    """An argparse type: a whole number in ASCII digits, optionally negative (what `int` would
+    also take, like Arabic-Indic digits, underscores or spaces, is refused)."""
+    if not re.fullmatch(r"-?[0-9]+", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)

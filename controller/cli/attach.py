@@ -32,7 +32,7 @@ def register(subparsers: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    index = parse_device(args.device) if args.device else None
+    index = parse_device(args.device) if args.device is not None else None
     index = attach(parse_uri(args.uri), index=index, read_only=args.read_only)
     print(f"/dev/nbd{index}")
     return 0

@@ -167,6 +167,10 @@ def run(args: argparse.Namespace) -> int:
     if note:
         print(f"tzero: {note}", file=sys.stderr)
     specs = [parse_dataset(a) for a in args.datasets] if args.datasets else (base.specs() if base else [])
+    names = [s.name for s in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"--dataset: the name {twice[0]!r} is given twice")
     check_spill_dir(args.spill_dir)
     tls_dir = os.path.abspath(args.tls_certificates) if args.tls_certificates else None
     group = ConsistencyGroup(args.controls, lease_ms=lease, deadline_ms=deadline, tls_dir=tls_dir)

@@ -2,7 +2,7 @@
 
 import argparse
 
-from controller.cli.args import Subparsers, command
+from controller.cli.args import Subparsers, command, integer
 from controller.errors import UsageError, os_error
 from controller.net.certs import CA_KEY, LEAF_DAYS, CertError, make_directory
 
@@ -35,7 +35,7 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--ca", metavar="CADIR", help=f"issue with the CA in CADIR (ca-cert.pem and {CA_KEY}) "
                                                   "instead of making a new one")
     p.add_argument("--no-client", action="store_true", help="make no client certificate")
-    p.add_argument("--days", type=int, default=LEAF_DAYS, metavar="N",
+    p.add_argument("--days", type=integer, default=LEAF_DAYS, metavar="N",
                    help=f"validity of the server and client certificates (default {LEAF_DAYS})")
     p.add_argument("--force", action="store_true", help="replace files that exist")
     p.set_defaults(func=run)

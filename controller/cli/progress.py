@@ -34,7 +34,7 @@ from typing import IO, TypedDict
 from tqdm import tqdm
 
 from common.units import human_duration, human_rate, human_size
-from controller.cli.args import TzeroParser, parse_duration, setting
+from controller.cli.args import TzeroParser, integer, parse_duration, setting
 from controller.errors import UsageError
 
 MODES = ("auto", "always", "plain", "json", "never")
@@ -66,7 +66,7 @@ def add_options(p: TzeroParser) -> None:
                  "plain: plain lines; json: JSON lines on standard error; never: none")
     p.add_argument("--no-progress", dest="progress", action="store_const", const="never",
                    help="the same as --progress never")
-    p.add_argument("--progress-fd", type=int, metavar="FD",
+    p.add_argument("--progress-fd", type=integer, metavar="FD",
                    help="also write progress as JSON lines to file descriptor FD (as nbdcopy --progress=FD)")
     p.add_argument("--progress-interval", metavar="DURATION",
                    help="time between plain or JSON lines (default 10s for plain lines, 1s for JSON)")

@@ -20,7 +20,7 @@ import socket
 from common.endpoint import bracketed
 from common.units import human_size
 from controller import service
-from controller.cli.args import Subparsers, command, exclusive_group, setting
+from controller.cli.args import Subparsers, command, exclusive_group, integer, setting
 from controller.errors import UsageError
 from controller.nbd import activation
 from controller.nbd.nbdkit_runner import (
@@ -85,7 +85,7 @@ def register(subparsers: Subparsers) -> None:
                  "HOST:PORT or [IPV6]:PORT")
     where = exclusive_group(p)
     setting(where, "--socket", key="socket", default="tzero.sock", metavar="SOCK", help="NBD unix socket")
-    where.add_argument("--port", type=int, metavar="PORT", help="NBD on this TCP port instead of a unix socket")
+    where.add_argument("--port", type=integer, metavar="PORT", help="NBD on this TCP port instead of a unix socket")
     setting(p, "--bind", key="bind", default=None, metavar="ADDR", shown_default="the --control host, else 127.0.0.1",
             help="the address NBD listens on with --port")
     setting(p, "--tls-certificates", key="tls-certificates", default=None, metavar="DIR",

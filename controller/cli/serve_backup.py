@@ -14,7 +14,7 @@ import shlex
 from backupformat import FormatError
 from common.endpoint import Endpoint, bracketed
 from common.units import human_size
-from controller.cli.args import Subparsers, command
+from controller.cli.args import Subparsers, command, integer
 from controller.errors import UsageError
 from controller.nbd.nbdkit_runner import (
     PLUGIN_DIR,
@@ -54,7 +54,7 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("backup", metavar="BACKUP", help="a backup file (seekable; not standard input)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--socket", metavar="SOCK", help="NBD unix socket (default ./tzero-backup.sock)")
-    where.add_argument("--port", type=int, metavar="PORT", help="NBD on this TCP port instead of a unix socket")
+    where.add_argument("--port", type=integer, metavar="PORT", help="NBD on this TCP port instead of a unix socket")
     p.add_argument("--bind", metavar="ADDR", help="the address NBD listens on with --port (default 127.0.0.1)")
     p.add_argument("--tls-certificates", metavar="DIR",
                    help="require TLS and a client certificate signed by DIR's CA (DIR: ca-cert.pem, "

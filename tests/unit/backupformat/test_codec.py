@@ -106,7 +106,7 @@ def test_codec_compression_option_parses(text, expected):
     assert parse_compression(text) == expected
 
 
-@pytest.mark.parametrize("text", ["gzip", "zstd:0", "zstd:23", "zstd:x", "none:1", ""])
+@pytest.mark.parametrize("text", ["gzip", "zstd:0", "zstd:23", "zstd:x", "none:1", "", "zstd:", "none:", "zstd:\u0661"])
 def test_codec_bad_compression_option_is_refused(text):
     with pytest.raises(ValueError):
         parse_compression(text)

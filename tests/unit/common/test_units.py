@@ -13,7 +13,8 @@ def test_units_parse_size_accepts_what_users_type(text, value):
     assert parse_size(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "K", "-1", "12Q", "lots", "1.5", "0.3K", "1..5G", "1e3"])
+@pytest.mark.parametrize("text", ["", "K", "-1", "12Q", "lots", "1.5", "0.3K", "1..5G", "1e3",
+                                  "\u0661\u0662", "\uff11K", "\u00bd", "1\u212a"])
 def test_units_parse_size_refuses_non_sizes_naming_them(text):
     with pytest.raises(ValueError, match="--host-memory: "):
         parse_size(text, "--host-memory")
