@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from backupformat import FormatError, Record, StreamReader
+from controller import signals
 from controller.errors import BackupFormatError, RestoreError, TzeroError
 from controller.progress import WaitClock
 from controller.restore.targets import Target, abort_all
@@ -69,8 +70,8 @@ def _failure(e: BaseException, label: str, plan: dict[int, Target],
         reason = error.message
     elif isinstance(e, TzeroError):
         reason, error = e.message, e
-    elif isinstance(e, KeyboardInterrupt):
-        reason, error = "interrupted", e
+    elif isinstance(e, KeyboardInterrupt):  # SIGINT, SIGTERM, SIGHUP (controller/signals.py)
+        reason, error = str(e) or "interrupted", e
     elif isinstance(e, OSError):
         reason = f"reading {label}: {e.strerror or e}"
         error = BackupFormatError(reason)
@@ -78,6 +79,9 @@ def _failure(e: BaseException, label: str, plan: dict[int, Target],
         return e  # a bug: let the traceback show
     for target in plan.values():
         if target.touched and not target.atomic:
-            return RestoreError(f"restore of {target.dataset.name!r} onto {target.label} "
-                                f"is incomplete: {reason}")
+            incomplete = RestoreError(f"restore of {target.dataset.name!r} onto {target.label} "
+                                      f"is incomplete: {reason}")
+            if isinstance(e, KeyboardInterrupt):
+                incomplete.exit_code = signals.exit_status(e)  # stopped by a signal, and says so
+            return incomplete
     return error

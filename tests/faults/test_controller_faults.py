@@ -13,6 +13,7 @@ import pytest
 
 from control_proxy import ControlProxy
 from faultkit import one_line, tiny_tmpfs, unavailable, unmount, wait_ended_session
+from helpers import wait_for
 
 SIZE = 8 << 20
 SESSION = ("--lease", "1000", "--freeze-deadline", "500", "--host-memory", "8M")
@@ -279,4 +280,48 @@ def test_spill_dir_unusable(case, spill):
     assert proc.returncode == 2 and "--spill-dir" in one_line(proc.stderr)
     assert sub.status()["last_session"] is None
     assert leftovers(case.dir, "b.tzb") == []
+    case.finish()
+
+
+def read(path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("onto", ["a directory", "a live export"])
+def test_restore_told_to_stop_midway(case, onto):
+    """`tzero restore -` reads half a backup of export a from a pipe that then goes quiet, and
+    gets SIGTERM. Application: it writes to export b all along (a is the restore's to
+    overwrite). Backup: onto a directory, no file is left (its partial files are removed);
+    onto the live export a, the line says the restore is incomplete; one line, exit 143."""
+    paths, initial = case.images(["a", "b"], SIZE)
+    sub = case.serve("s", {"a": paths[0], "b": paths[1]}, "--chunk", "64K")
+    load = case.load([(sub.socket, "b")], paths[1:], initial[1:])
+    done = case.backup(case.dir / "b.tzb", "-s", sub.control, "--dataset", "a=a", images=initial[:1])
+    assert done.returncode == 0, done.stderr
+    h = sub.connect("a")
+    h.pwrite(b"\xee" * (1 << 20), 0)  # a differs from the backup now: the restore's writes show
+    h.shutdown()
+    blob = read(case.dir / "b.tzb")
+    if onto == "a directory":
+        to, args = case.dir / "restored", []
+    else:
+        to, args = sub.uri("a"), ["--dataset", "a", "--force"]
+    proc = case.spawn("restore", "-", "--to", to, *args, stdin=subprocess.PIPE)
+    proc.stdin.write(blob[:len(blob) // 2])
+    proc.stdin.flush()
+    if onto == "a directory":
+        wait_for(lambda: any(".partial-" in n for n in os.listdir(case.dir / "restored")), 30, "its partial file")
+    else:
+        assert proc.stdout.readline().startswith(b"restoring 'a'"), "said before its first write"
+        wait_for(lambda: read(paths[0])[:4096] != b"\xee" * 4096, 30, "the restore's first writes")
+    proc.send_signal(signal.SIGTERM)
+    status, out, err = case.ended(proc)
+    load.wait_writes(20)  # b's writer went on throughout
+    assert status == 128 + signal.SIGTERM
+    line = one_line(err)
+    if onto == "a directory":
+        assert line == "tzero: interrupted by SIGTERM" and os.listdir(case.dir / "restored") == []
+    else:
+        assert "is incomplete: interrupted by SIGTERM" in line
     case.finish()

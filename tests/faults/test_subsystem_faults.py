@@ -32,8 +32,9 @@ def leftovers(directory, name):
 
 
 def children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+    """The child processes of PID (its nbdkit, for a `tzero serve`)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
 
 
 def gone(pid: int) -> bool:
