@@ -4,6 +4,7 @@ backups' copy-before-write, driven by a controller over a control socket.
     plugin         the nbdkit callbacks, each a few lines that delegate (thread model PARALLEL)
     config         the start-up parameters (export=NAME=PATH, control=, side-memory=, ...), validated
     device         one served block device or image file: positional I/O, flush, trim, zero, extents
+    imagelock      the image locks QEMU takes and tests: nobody else writes a served disk
     subsystem      the exports, the one open session, and what each control request does
     control        the control server: the accept thread, a thread per connection, the watchdog
     listener       the control channel's socket: unix (0600) or TCP, the TLS handshake

@@ -40,7 +40,7 @@ import time
 import zlib
 from typing import Any
 
-from common.fileio import PRIVATE, fsync_dir, write_all
+from common.fileio import PRIVATE, create_private, fsync_dir, write_all
 from nbdplugin.device import Device
 from nbdplugin.tracking import ChangeMap, Generation, Span
 
@@ -183,7 +183,7 @@ class StateDir:
 
     def _replace(self, path: str, tmp: str, body: bytes, device: Device) -> None:
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE)
+            fd = create_private(tmp, exclusive=False)  # 0600 even over a stale one of another mode
             try:
                 write_all(fd, body, 0)
                 os.fsync(fd)

@@ -6,9 +6,9 @@
                       partial file until after it renamed or removed it: a second run on the
                       same OUT is refused at once (OutputBusy, exit 3: it may pass once the
                       first is done) and touches nothing, so two cron jobs never truncate,
-                      delete or rename over each other's work. Under the lock, partial files
-                      of OUT that runs killed outright left behind are removed (nobody else
-                      can own one: every run holds the lock while its partial file exists).
+                      delete or rename over each other's work. A run killed outright (SIGKILL,
+                      a power cut) leaves its partial file, which may hold a complete backup
+                      (killed between its close and its rename): no later run removes it.
     standard output   (-) a pipe or a tape: nothing to rename; a failure is said on stderr
                       while the reader sees a stream with no trailer.
     a stream device   a character device (a tape) or a FIFO named as OUT: written in place,
@@ -31,7 +31,7 @@ import sys
 from typing import BinaryIO
 
 from common.blockdev import rename_noreplace
-from common.fileio import Buffer, create_partial, fsync_dir, is_partial_of
+from common.fileio import Buffer, create_partial, fsync_dir
 from controller.errors import EXIT_RETRY, TzeroError, UsageError, os_error
 
 FILE, STDOUT, STREAM = "file", "standard output", "stream"
@@ -79,7 +79,6 @@ class BackupOutput:
         self._lock = OutputLock.take(self.target)
         if os.path.lexists(self.target) and not self.force:  # it may have appeared while we waited
             raise UsageError(f"{self.target} exists; use --force to replace it")
-        _remove_killed_runs_partials(self.target)
         try:
             fd, self.partial = create_partial(self.target)
         except OSError as e:
@@ -200,18 +199,6 @@ def _open_stream(target: str) -> BinaryIO:
         os.close(fd)
         raise UsageError(f"{target} is no longer a pipe or a character device, or is a terminal; nothing written")
     return os.fdopen(fd, "wb")
-
-
-def _remove_killed_runs_partials(target: str) -> None:
-    """Remove OUT's partial files that runs killed outright (SIGKILL, a power cut) left.
-    Called with OUT's lock held, so none of them belongs to a live run."""
-    directory, name = os.path.split(os.path.abspath(target))
-    for entry in os.scandir(directory):
-        if is_partial_of(entry.name, name) and entry.is_file(follow_symlinks=False):
-            try:
-                os.unlink(entry.path)
-            except FileNotFoundError:
-                pass
 
 
 def _quiet_stdout() -> None:

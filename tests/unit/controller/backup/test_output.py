@@ -94,15 +94,19 @@ def test_output_with_force_replaces_an_existing_backup_file(tmp_path):
     assert out.read_bytes() == b"new" and leftovers(tmp_path) == ["b.tzb"]
 
 
-def test_output_partial_files_of_runs_that_were_killed_are_removed_under_the_lock(tmp_path):
+def test_output_partial_file_of_a_run_killed_outright_is_left_alone(tmp_path):
+    """A run killed between its close and its rename leaves a complete backup under its partial
+    name: it is that run's, and no later run removes it. Its stale lock is taken over."""
     out = tmp_path / "b.tzb"
     (tmp_path / "b.tzb.partial-0badf00d").write_bytes(b"killed run")
     (tmp_path / "b.tzb.lock").write_bytes(b"")
-    (tmp_path / "b.tzb.partial-notmine").write_bytes(b"a user's file")
     o = BackupOutput(str(out), force=False)
     o.open()
-    o.discard()
-    assert leftovers(tmp_path) == ["b.tzb.partial-notmine"]
+    o.write(b"this run")
+    o.flush()
+    o.commit()
+    assert leftovers(tmp_path) == ["b.tzb", "b.tzb.partial-0badf00d"]
+    assert (tmp_path / "b.tzb.partial-0badf00d").read_bytes() == b"killed run"
 
 
 @pytest.fixture
