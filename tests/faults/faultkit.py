@@ -17,12 +17,10 @@ import json
 import os
 import re
 import subprocess
-import sys
-import time
 import types
 from collections.abc import Sequence
 
-from testkit.workload import BLOCK, DependentWriter, stamped_block, time_zero_problems
+from testkit.workload import BLOCK, DependentWriter, time_zero_problems
 
 from helpers import REPO, TZERO, Subsystem, make_image, wait_for
 
@@ -255,10 +253,6 @@ class Case:
             load.stop()
 
 
-def stamped(writer: int, seq: int) -> bytes:
-    return stamped_block(writer, seq)
-
-
 def tzero_main_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
     """`tzero ARGV` in this process (hundreds run in seconds): (status, stdout, stderr). An
     exception escaping main() is a failure of the test, as a traceback would be."""
@@ -296,10 +290,3 @@ def wait_ended_session(sub: Subsystem, timeout: float = 30) -> dict:
     return wait_for(lambda: (sub.status()["session"] is None and sub.status()["last_session"]), timeout,
                     "the session to end")
 
-
-def python() -> str:
-    return sys.executable
-
-
-def now() -> float:
-    return time.monotonic()
