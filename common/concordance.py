@@ -23,6 +23,8 @@ State table (a chunk only ever moves down it within one session):
     DONE     in the backup (released), or never tracked: nothing is owed for it
 """
 
+from collections.abc import Iterator
+
 PENDING, SAVED, DONE = 0, 1, 2
 STATE_NAMES = {PENDING: "pending", SAVED: "saved", DONE: "done"}
 DEAD_OFFSET = 0
@@ -38,3 +40,17 @@ def mapping_size(chunks: int) -> int:
 def chunk_count(size: int, chunk_size: int) -> int:
     """Chunks covering SIZE bytes; the last one may be short."""
     return -(-size // chunk_size)
+
+
+def runs(bits: bytes | bytearray, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, int]]:
+    """(first, count) of every run of set bytes of BITS within [START, STOP), ascending."""
+    stop = len(bits) if stop is None else stop
+    pos = start
+    while pos < stop:
+        first = bits.find(1, pos, stop)
+        if first < 0:
+            return
+        end = bits.find(0, first, stop)
+        end = stop if end < 0 else end
+        yield first, end - first
+        pos = end

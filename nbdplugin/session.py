@@ -35,11 +35,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
-from common.concordance import TOKEN_SIZE
+from common.concordance import TOKEN_SIZE, runs
 from common.fileio import WritableBuffer
 from nbdplugin.chunkmap import DONE, PENDING, SAVED, ChunkMap
 from nbdplugin.sidestore import SideStore, SideStoreFull
-from nbdplugin.tracking import ChangeMap, Generation, Since, as_int, runs
+from nbdplugin.tracking import ChangeMap, Generation, Since, as_int
 
 if TYPE_CHECKING:  # both import this module
     from nbdplugin.control import Connection

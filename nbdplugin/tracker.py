@@ -13,10 +13,11 @@ and `changes` run on control connections' threads and only read what the maps lo
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from common.concordance import runs
 from common.protocol import ProtocolError, Reply
 from nbdplugin.changestate import StateDir, StateError
 from nbdplugin.device import Device
-from nbdplugin.tracking import KEEP_GENERATIONS, ChangeMap, Since, runs
+from nbdplugin.tracking import KEEP_GENERATIONS, ChangeMap, Since
 
 if TYPE_CHECKING:  # subsystem.py imports this module
     from nbdplugin.subsystem import Export

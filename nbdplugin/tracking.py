@@ -46,8 +46,9 @@ other, and nothing is taken under it.
 """
 
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
+
+from common.concordance import runs
 
 KEEP_GENERATIONS = 4
 ONES = b"\x01" * 4096  # a mutation spanning more chunks than this sets them in slices
@@ -84,20 +85,6 @@ class Since:
 
 def as_int(bits: bytes | bytearray) -> int:
     return int.from_bytes(bits, "little")
-
-
-def runs(bits: bytes | bytearray, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, int]]:
-    """(first, count) of every run of set bytes of BITS within [START, STOP), ascending."""
-    stop = len(bits) if stop is None else stop
-    pos = start
-    while pos < stop:
-        first = bits.find(1, pos, stop)
-        if first < 0:
-            return
-        end = bits.find(0, first, stop)
-        end = stop if end < 0 else end
-        yield first, end - first
-        pos = end
 
 
 class ChangeMap:

@@ -9,7 +9,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from helpers import Subsystem, accepts_unix  # noqa: E402
+from helpers import Subsystem, accepts_unix, make_image  # noqa: E402
+
+LOOP_SIZE = 4 << 20  # the loop_device fixture's image
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +76,16 @@ def nbdkit_server(tmp_path):
         proc.wait(timeout=10)
         proc.stderr.close()
         sock.unlink(missing_ok=True)  # nbdkit leaves it behind on SIGTERM
+
+
+@pytest.fixture
+def loop_device(tmp_path):
+    """A loop block device over a 4 MiB image of known content (make_image seed 9), detached at
+    teardown; skipped where no loop device can be made (the fault suite needs one in CI)."""
+    img = tmp_path / "loop.img"
+    make_image(img, LOOP_SIZE, seed=9)
+    proc = subprocess.run(["losetup", "--find", "--show", str(img)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"no loop device here: {proc.stderr.strip()}")
+    yield proc.stdout.strip()
+    subprocess.run(["losetup", "-d", proc.stdout.strip()], check=False)

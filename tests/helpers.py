@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 
@@ -146,3 +147,23 @@ def one_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tzero: "), f"expected one tzero: line, got {stderr!r}"
     return lines[0]
+
+
+def paced_backup(cmd: list, out, writes, piece: int = 256 << 10) -> dict:
+    """Run backup CMD (writing to -) and copy its stream to OUT slowly, letting writers land a
+    few writes (WRITES() counts them) between reads of PIECE bytes, so copy-before-write happens
+    mid-copy. Returns the backup's --json summary."""
+    err: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO) as proc, \
+            open(out, "wb") as sink:
+        reader = threading.Thread(target=lambda: err.append(proc.stderr.read().decode()))
+        reader.start()
+        while data := proc.stdout.read(piece):
+            sink.write(data)
+            target, deadline = writes() + 6, time.monotonic() + 5
+            while writes() < target and time.monotonic() < deadline:
+                time.sleep(0.001)
+        status = proc.wait(120)
+        reader.join()
+    assert status == 0, f"backup failed: {err}"
+    return last_json(err[0])

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import nbd
 
+from common.concordance import runs
 from common.units import exact_size
 from controller.backup.dataspec import DatasetSpec
 from controller.backup.group import Member, Tracks
@@ -88,7 +89,7 @@ class Plan:
             return [(offset, length)]
         bits, grid, end = self.changed[export], self.grid, offset + length
         return [(max(offset, first * grid), min(end, (first + count) * grid) - max(offset, first * grid))
-                for first, count in _runs(bits, offset // grid, (end - 1) // grid + 1)]
+                for first, count in runs(bits, offset // grid, (end - 1) // grid + 1)]
 
     def keeps(self) -> Tracks:
         """Control path -> {export: ranges} an incremental keeps tracked whether they changed or not:
@@ -105,19 +106,6 @@ class Plan:
         for export, ranges in self.claims().items():
             out.setdefault(self.owner[export].where, {})[export] = _merged(ranges)
         return out
-
-
-def _runs(bits: bytes | bytearray, start: int, stop: int) -> Iterator[tuple[int, int]]:
-    """(first, count) of the runs of set bytes of BITS within [START, STOP)."""
-    pos = start
-    while pos < stop:
-        first = bits.find(1, pos, stop)
-        if first < 0:
-            return
-        end = bits.find(0, first, stop)
-        end = stop if end < 0 else end
-        yield first, end - first
-        pos = end
 
 
 def _merged(ranges: list[tuple[int, int]]) -> list[list[int]]:

@@ -7,14 +7,13 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 from backupformat import StreamReader
 from testkit.workload import DependentWriter, StripedVolume, time_zero_problems
 
-from helpers import REPO, TZERO, last_json, make_image, tzero, wait_for
+from helpers import REPO, TZERO, last_json, make_image, paced_backup, tzero, wait_for
 
 LEG = 16 << 20
 WRITERS = 4
@@ -27,25 +26,6 @@ def striped_image(legs: list[bytes], chunk: int) -> bytes:
         leg, row = c % len(legs), c // len(legs)
         out += legs[leg][row * chunk:(row + 1) * chunk]
     return bytes(out)
-
-
-def paced_backup(cmd: list, out, writes) -> dict:
-    """Run backup CMD (writing to -) and copy its stream to OUT slowly, letting writers
-    land a few writes between reads so copy-before-write happens mid-copy."""
-    err = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO) as proc, \
-            open(out, "wb") as sink:
-        reader = threading.Thread(target=lambda: err.append(proc.stderr.read().decode()))
-        reader.start()
-        while data := proc.stdout.read(256 << 10):
-            sink.write(data)
-            target, deadline = writes() + 6, time.monotonic() + 5
-            while writes() < target and time.monotonic() < deadline:
-                time.sleep(0.001)
-        status = proc.wait(120)
-        reader.join()
-    assert status == 0, f"backup failed: {err}"
-    return last_json(err[0])
 
 
 @pytest.mark.parametrize("stripe, chunk", [("64K", "64K"), ("16K", "64K"), ("256K", "16K")])

@@ -98,17 +98,6 @@ def test_exports_are_listed_by_nbdinfo(sub):
     assert out.returncode == 0 and 'export="a"' in out.stdout
 
 
-@pytest.fixture
-def loop_device(tmp_path):
-    img = tmp_path / "loop.img"
-    make_image(img, SIZE, seed=9)
-    proc = subprocess.run(["losetup", "--find", "--show", str(img)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"no loop device here: {proc.stderr.strip()}")
-    yield proc.stdout.strip()
-    subprocess.run(["losetup", "-d", proc.stdout.strip()], check=False)
-
-
 def test_block_device_export_takes_its_size_from_the_device_and_zeroes_by_ioctl(serve, loop_device):
     sub = serve("blk", {"d": loop_device})
     h = sub.connect("d")

@@ -7,14 +7,12 @@ import json
 import os
 import signal
 import subprocess
-import threading
-import time
 
 import pytest
 
 from testkit.workload import DependentWriter, StripedVolume, time_zero_problems
 
-from helpers import REPO, TZERO, last_json, make_image, tzero, wait_for
+from helpers import REPO, TZERO, last_json, make_image, paced_backup, tzero, wait_for
 from raw_control import RawControl
 
 SIZE = 16 << 20
@@ -47,24 +45,6 @@ def restored(tmp_path, backup_name: str, name: str) -> bytes:
     return (folder / f"{name}.img").read_bytes()
 
 
-def paced(cmd: list, out, writes) -> dict:
-    """Run backup CMD (to -) and copy its stream to OUT slowly, so writers land writes mid-copy."""
-    err: list[str] = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO) as proc, \
-            open(out, "wb") as sink:
-        reader = threading.Thread(target=lambda: err.append(proc.stderr.read().decode()))
-        reader.start()
-        while data := proc.stdout.read(128 << 10):
-            sink.write(data)
-            target, deadline = writes() + 6, time.monotonic() + 5
-            while writes() < target and time.monotonic() < deadline:
-                time.sleep(0.001)
-        status = proc.wait(120)
-        reader.join()
-    assert status == 0, f"backup failed: {err}"
-    return last_json(err[0])
-
-
 def stop_writers(writers) -> None:
     for w in writers:
         w.stop.set()
@@ -91,7 +71,8 @@ def test_chain_of_five_on_two_subsystems_under_writers_restores_each_time_zero(t
                    "--host-memory", "8M"]
             if i:
                 cmd += ["--since", str(tmp_path / f"b{i - 1}.tzb")]
-            summaries.append(paced(cmd, tmp_path / f"b{i}.tzb", lambda: sum(len(w.log) for w in writers)))
+            summaries.append(paced_backup(cmd, tmp_path / f"b{i}.tzb", lambda: sum(len(w.log) for w in writers),
+                                          piece=128 << 10))
             count = sum(len(w.log) for w in writers)
             wait_for(lambda c=count: sum(len(w.log) for w in writers) > c + 50, 30, "writes between backups")
     finally:
@@ -130,7 +111,8 @@ def test_chain_of_stripe_and_range_datasets_restores_each_time_zero(tmp_path, se
                    "--host-memory", "8M", *datasets]
             if i:
                 cmd += ["--since", str(tmp_path / f"v{i - 1}.tzb")]
-            summaries.append(paced(cmd, tmp_path / f"v{i}.tzb", lambda: sum(len(w.log) for w in writers)))
+            summaries.append(paced_backup(cmd, tmp_path / f"v{i}.tzb", lambda: sum(len(w.log) for w in writers),
+                                          piece=128 << 10))
             parts.append(bytes(r[1 << 20:5 << 20]))
             for off, fill in ((0, b"o"), ((1 << 20) + i * CHUNK + 4096, b"i"), (3 << 20, bytes(1))):
                 write(s1, "r", off, fill * 8192)  # outside the range, inside it, zeros inside it

@@ -127,17 +127,6 @@ def test_serve_refuses_an_image_qemu_is_writing(tmp_path):
     assert not os.path.exists(tmp_path / "c.ctl")
 
 
-@pytest.fixture
-def loop_device(tmp_path):
-    img = tmp_path / "loop.img"
-    make_image(img, SIZE, seed=9)
-    proc = subprocess.run(["losetup", "--find", "--show", str(img)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"no loop device here: {proc.stderr.strip()}")
-    yield proc.stdout.strip()
-    subprocess.run(["losetup", "-d", proc.stdout.strip()], check=False)
-
-
 def test_served_block_device_is_held_exclusively(tmp_path, serve, loop_device):
     sub = serve("blk", {"d": loop_device})
     second = tzero(*serve_cmd(tmp_path, f"d={loop_device}", control="2.ctl", sock="2.sock"), check=False, timeout=60)

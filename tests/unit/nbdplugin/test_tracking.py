@@ -11,9 +11,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from common.concordance import runs
 from nbdplugin.changestate import StateDir
 from nbdplugin.device import Device
-from nbdplugin.tracking import KEEP_GENERATIONS, ChangeMap, Generation, as_int, runs
+from nbdplugin.tracking import KEEP_GENERATIONS, ChangeMap, Generation, as_int
 
 CHUNK = 4096
 CHUNKS = 12
