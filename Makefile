@@ -3,14 +3,15 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# python3-xxhash and python3-zstandard: `tzero serve-backup` reads backups inside nbdkit's
-# embedded Python, which sees Debian's packages only, never the .venv.
+# python3-xxhash, python3-zstandard and python3-boto3: `tzero serve-backup` reads backups (s3:// ones
+# too) inside nbdkit's embedded Python, which sees Debian's packages only, never the .venv.
 # python3-tqdm: the progress bar (Debian's, seen through --system-site-packages); man-db: `man`
 # for the man pages make setup builds. python3-cryptography: `tzero certs`. iproute2 and
 # openssl: the multi-host tests (network namespaces, certificate checks).
 APT_PACKAGES := nbdkit nbdkit-plugin-python libnbd-bin python3-libnbd python3-cffi \
 	python3-venv qemu-utils fio fdisk e2fsprogs \
-	python3-xxhash python3-zstandard python3-tqdm man-db python3-cryptography iproute2 openssl
+	python3-xxhash python3-zstandard python3-boto3 python3-tqdm man-db python3-cryptography iproute2 \
+	openssl
 
 .PHONY: setup lint test check demo clean install
 

@@ -18,20 +18,30 @@ Not thread-safe: the caller serialises requests (one file position, one cache).
 import bisect
 from collections import OrderedDict
 from collections.abc import Iterator
+from typing import Protocol
 
 from backupformat import FormatError, IndexEntry, StreamReader
 from backupformat.chain import check_chain
+from backupformat.fileobj import InputFile
 from backupformat.spec import RECORD_ZERO
 
 CACHED_RECORDS = 8
 
 
-class BackupFile:
-    """An open backup: its header, its index (checked against the trailer), its datasets by name."""
+class SourceFile(InputFile, Protocol):
+    """A seekable file a backup is read from, which the BackupFile then closes."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._f = open(path, "rb")
+    def close(self) -> None: ...
+
+
+class BackupFile:
+    """An open backup: its header, its index (checked against the trailer), its datasets by name.
+
+    SOURCE is a path, or a seekable file already open (an object in a store), which the
+    BackupFile then owns and closes, even when the constructor fails."""
+
+    def __init__(self, source: "str | SourceFile") -> None:
+        self._f: SourceFile = open(source, "rb") if isinstance(source, str) else source
         try:
             self.reader = StreamReader(self._f)
             self.index = self.reader.read_index()
@@ -61,14 +71,15 @@ class BackupFile:
 
 
 class Chain:
-    """Backups PATHS, newest first, checked as a chain (chain.check_chain, with the digests of
-    their trailers): what serve-backup serves. One path is a chain of one full backup."""
+    """Backups SOURCES (paths or open files, as BackupFile takes them), newest first, checked
+    as a chain (chain.check_chain, with the digests of their trailers): what serve-backup
+    serves. One source is a chain of one full backup."""
 
-    def __init__(self, paths: list[str]) -> None:
+    def __init__(self, sources: "list[str | SourceFile]") -> None:
         self.files: list[BackupFile] = []
         try:
-            for path in paths:
-                self.files.append(BackupFile(path))
+            for source in sources:
+                self.files.append(BackupFile(source))
             check_chain([f.reader.header for f in self.files], [f.reader.read_trailer().digest for f in self.files])
         except BaseException:
             self.close()

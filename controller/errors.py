@@ -9,12 +9,14 @@ Exit statuses, the same for every command (README and `tzero --help` list them):
     0   success
     1   failed, and running it again as it is will fail again (a target too small, ...)
     2   usage: bad arguments, or refused before anything was done
-    3   failed for a reason that may pass: a subsystem unreachable or busy, a session
+    3   failed for a reason that may pass: a subsystem or the object store unreachable or busy, a session
         aborted (freeze deadline, lease, side store full, a lost connection); retry later
     4   the backup is damaged, truncated or not a tzero backup (verify failed)
     70  an internal error: a bug in tzero (--debug shows the traceback)
     128+N  stopped by signal N (SIGINT 130, SIGTERM 143, SIGHUP 129), after cleaning up
 """
+
+from common.objectstore import CHANGED, CONFIG, UNREACHABLE, StoreError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -73,6 +75,12 @@ class BackupFormatError(TzeroError):
     exit_code = EXIT_DAMAGED
 
 
+class StoreUnavailable(TzeroError):
+    """the object store could not be reached, or failed for a reason that may pass."""
+
+    exit_code = EXIT_RETRY
+
+
 class RestoreError(TzeroError):
     """the restore failed."""
 
@@ -82,3 +90,14 @@ def os_error(e: OSError, what: str) -> TzeroError:
     file /var/tmp/x: no space left on device"."""
     reason = e.strerror or str(e)
     return TzeroError(f"{what}: {reason[:1].lower()}{reason[1:]}")
+
+
+def store_error(e: StoreError) -> TzeroError:
+    """E, an object store's failure, with the exit status its kind calls for: 3 when it may
+    pass (unreachable, overloaded, the object replaced while read), 2 for wrong settings,
+    1 for the rest (no such bucket or object, access denied)."""
+    if e.kind in (UNREACHABLE, CHANGED):
+        return StoreUnavailable(str(e))
+    if e.kind == CONFIG:
+        return UsageError(str(e))
+    return TzeroError(str(e))

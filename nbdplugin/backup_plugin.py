@@ -5,6 +5,8 @@ Run as `nbdkit -r python nbdplugin/backup_plugin.py backup=PATH [backup=BASE ...
 down to the full one). Export NAME is dataset NAME; the default export is the first
 dataset. Each callback is a few lines that delegate to backupformat/view.py, which
 reads records through the streams' indexes and serves the chain's merged image.
+A PATH may be s3://BUCKET/KEY, read by ranged GETs through common/objectread.py with
+the credentials and endpoint of nbdkit's environment.
 
 Thread model: SERIALIZE_ALL_REQUESTS. All exports share one file position and
 one cache of decoded records, and decoding holds the GIL anyway.
@@ -22,7 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import nbdkit  # noqa: E402
 
-from backupformat.view import Chain, DatasetView, FormatError  # noqa: E402
+from backupformat.view import Chain, DatasetView, FormatError, SourceFile  # noqa: E402
+from common.objectread import open_object  # noqa: E402
+from common.objectstore import StoreError, is_s3_uri  # noqa: E402
 
 API_VERSION = 2
 # At most this many extents answer one block-status request, and one with REQ_ONE: a client
@@ -45,7 +49,7 @@ def thread_model() -> int:
 def config(key: str, value: str) -> None:
     if key != "backup":
         raise RuntimeError(f"unknown parameter {key!r} (expected backup=PATH)")
-    _paths.append(os.path.abspath(value))
+    _paths.append(value if is_s3_uri(value) else os.path.abspath(value))
 
 
 def config_complete() -> None:
@@ -54,7 +58,16 @@ def config_complete() -> None:
 
 
 def get_ready() -> None:
-    _state["backup"] = Chain(_paths)
+    sources: list[str | SourceFile] = []
+    try:
+        for path in _paths:
+            sources.append(open_object(path, sequential=False) if is_s3_uri(path) else path)
+        _state["backup"] = Chain(sources)
+    except BaseException:
+        for s in sources:
+            if not isinstance(s, str):
+                s.close()
+        raise
 
 
 def cleanup() -> None:
@@ -98,7 +111,7 @@ def can_multi_conn(h: DatasetView) -> bool:
 def pread(h: DatasetView, buf: memoryview, offset: int, flags: int) -> None:
     try:
         h.read_into(buf, offset)
-    except (FormatError, OSError) as e:
+    except (FormatError, OSError, StoreError) as e:
         nbdkit.debug(f"tzero serve-backup: {h.name} at {offset}: {e}")
         _fail(errno.EIO, str(e))
 

@@ -8,9 +8,11 @@ import json
 import os
 import sys
 import time
+from typing import TypedDict
 
 from backupformat import INCREMENTAL_VERSION, Header, StreamWriter, parse_compression
 from backupformat import Dataset as StreamDataset
+from common.objectstore import is_s3_uri
 from common.protocol import MAX_DEADLINE_MS, MAX_LEASE_MS, MIN_DEADLINE_MS, MIN_LEASE_MS
 from common.units import human_duration, human_size
 from controller import __version__, signals
@@ -22,6 +24,8 @@ from controller.backup.layout import describe
 from controller.backup.output import BackupOutput
 from controller.backup.plan import Plan, make_plan
 from controller.backup.reorder import check_spill_dir
+from controller.backup.s3output import DEFAULT_STREAMS, S3Output
+from controller.backup.s3parts import choose_part_size, stream_bound
 from controller.cli import progress
 from controller.cli.args import Subparsers, command, parse_duration, parse_size, setting
 from controller.cli.progress import Progress
@@ -60,6 +64,16 @@ class Summary(CopySummary):
     chunks_cow: int  # all subsystems, from their final statistics
     side_peak_bytes: int  # the largest of them
     elapsed_s: float
+    object_store: "StoreSummary | None"  # None unless the backup went to s3://
+
+
+class StoreSummary(TypedDict):
+    """What a backup to s3:// adds: its parts, and the stale uploads of earlier runs it removed."""
+
+    part_size: int
+    parts: int
+    upload_streams: int
+    swept_uploads: list[str]
 
 
 DESCRIPTION = """\
@@ -73,7 +87,9 @@ command fails and writes nothing.
 The backup goes to -o FILE, written as FILE.partial-XXXXXXXX (this run's own, 0600) and
 renamed once complete and synced, while the run holds FILE.lock: a second run on the same
 FILE is refused at once (exit 3) and touches nothing. Or to standard output (-o -), a FIFO
-or a character device such as a tape, written in place; a block device is refused.
+or a character device such as a tape, written in place; a block device is refused. Or to an object store (-o s3://BUCKET/KEY):
+one multipart upload, the object appearing only once complete; credentials and endpoint
+as for every S3 tool (docs/objectstore.md).
 Chunks fetched ahead of their place wait in --host-memory, then in a spill file in
 --spill-dir (default $TMPDIR or /tmp, which may be RAM: give a disk with room for the
 side stores' worth of chunks when applications write a lot).
@@ -95,6 +111,8 @@ EXAMPLES = (
      "--dataset vol=stripe:64K:disk1,disk2", "a partition and a striped volume, compressed"),
     ("tzero backup -s /run/s1.ctl -o tue.tzb --since mon.tzb --full-if-needed",
      "only what changed since mon.tzb; a full backup when that cannot be known"),
+    ("AWS_PROFILE=offsite tzero backup -s /run/s1.ctl -o s3://backups/host1/nightly.tzb",
+     "straight to an object store"),
 )
 
 
@@ -107,7 +125,8 @@ def register(subparsers: Subparsers) -> None:
     setting(p, "--tls-certificates", key="tls-certificates", default=None, metavar="DIR",
             help="TLS for subsystems on the network: DIR holds ca-cert.pem, client-cert.pem, client-key.pem; "
                  "views are read over nbds:// with them")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the backup file, or - for standard output")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="the backup file, - for standard output, or s3://BUCKET/KEY (docs/objectstore.md)")
     p.add_argument("--dataset", dest="datasets", action="append", metavar="NAME=SPEC",
                    help="a dataset to back up (repeat; order is stream order): EXPORT, EXPORT:START-END, "
                         "EXPORT:START+LENGTH, EXPORT:pN, concat:E1,E2,..., stripe:CHUNK:E1,E2,... "
@@ -130,13 +149,19 @@ def register(subparsers: Subparsers) -> None:
             help="auto: read each view straight from its device when this host serves it, else over NBD; "
                  "nbd: always over NBD")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object (docs/json.md)")
-    p.add_argument("--force", action="store_true", help="replace an existing backup file")
+    p.add_argument("--force", action="store_true", help="replace an existing backup file or object")
     p.add_argument("--since", metavar="BASE",
                    help="an incremental backup: only what changed since BASE, an earlier backup (full or "
                         "incremental) of the same datasets, to keep beside this one")
     p.add_argument("--full-if-needed", action="store_true",
                    help="with --since: take a full backup instead of refusing when the changes are not known "
                         "(for scheduled jobs); the summary says which was taken and why")
+    setting(p, "--part-size", key="part-size", default=None, metavar="SIZE",
+            shown_default="16M, more when 10,000 parts could not hold the backup",
+            help="s3:// only: bytes per part of the upload, 5M to 5G; the upload holds --upload-streams + 1 parts "
+                 "in memory")
+    setting(p, "--upload-streams", key="upload-streams", default=str(DEFAULT_STREAMS), metavar="N",
+            help="s3:// only: parts sent at once, 1 to 16")
     progress.add_options(p)
     p.set_defaults(func=run)
 
@@ -174,12 +199,14 @@ def run(args: argparse.Namespace) -> int:
     check_spill_dir(args.spill_dir)
     tls_dir = os.path.abspath(args.tls_certificates) if args.tls_certificates else None
     group = ConsistencyGroup(args.controls, lease_ms=lease, deadline_ms=deadline, tls_dir=tls_dir)
-    output = BackupOutput(args.output, args.force)
+    output = _output(args)
     try:
         group.connect()
         chunk = _common_chunk_size(group)
         plan = make_plan(specs, group.members)
         pool_shape(host_memory // 2, chunk, len(plan.claims()))  # a too small --host-memory, said before freezing
+        if isinstance(output, S3Output):
+            output.set_part_size(choose_part_size(output.requested_part_size, stream_bound(plan.datasets, chunk)))
         output.open()  # OUT's lock before any session: a run racing another on OUT is refused at no cost
         full_reason = open_sessions(group, plan, base, args.full_if_needed)
         incremental = base if full_reason is None else None
@@ -194,7 +221,13 @@ def run(args: argparse.Namespace) -> int:
         reason = e.message if isinstance(e, TzeroError) else str(e) or type(e).__name__
         with signals.deferred():  # a signal now waits until the clean-up is done
             group.abort(f"controller gave up: {reason}")
-            output.discard()
+            note = None
+            if isinstance(output, S3Output):
+                note = output.discard()
+            else:
+                output.discard()
+        if note:
+            raise _with_note(e, note) from None
         raise
     _report(args, {**summary,
                    "kind": "full" if incremental is None else "incremental",
@@ -203,8 +236,47 @@ def run(args: argparse.Namespace) -> int:
                    "changed_bytes": plan.changed_bytes() if incremental else None,
                    "chunks_cow": sum(s["chunks_cow"] for s in stats.values()),
                    "side_peak_bytes": max(s["side_peak_bytes"] for s in stats.values()),
-                   "elapsed_s": round(time.monotonic() - started, 3)})
+                   "elapsed_s": round(time.monotonic() - started, 3),
+                   "object_store": _store_summary(output)})
     return 0
+
+
+def _store_summary(output: BackupOutput | S3Output) -> "StoreSummary | None":
+    if not isinstance(output, S3Output):
+        return None
+    assert output.part_size is not None, "set before the upload"
+    return {"part_size": output.part_size, "parts": output.parts, "upload_streams": output.streams,
+            "retried_parts": 0, "swept_uploads": output.swept}
+
+
+def _output(args: argparse.Namespace) -> BackupOutput | S3Output:
+    """Where the stream goes, checked before anything is frozen."""
+    if not is_s3_uri(args.output):
+        return BackupOutput(args.output, args.force)
+    part_size = None if args.part_size is None else parse_size(args.part_size, "--part-size")
+    try:
+        streams = int(args.upload_streams)
+    except ValueError:
+        raise UsageError(f"--upload-streams {args.upload_streams!r}: give a number from 1 to 16") from None
+    output = S3Output(args.output, args.force, part_size, streams)
+    for key in output.swept:
+        print(f"tzero: removed an unfinished upload of s3://{output.uri.bucket}/{key} left by an earlier run",
+              file=sys.stderr)
+    return output
+
+
+def _with_note(e: BaseException, note: str) -> BaseException:
+    """E with NOTE (what is left behind) in its one line, and the same exit status."""
+    if isinstance(e, TzeroError):
+        error = TzeroError(f"{e.message}; {note}")
+        error.exit_code = e.exit_code
+        return error
+    if isinstance(e, signals.Interrupted):
+        interrupted = signals.Interrupted(e.signum)
+        interrupted.args = (f"{interrupted}; {note}",)
+        return interrupted
+    print(f"tzero: {note}", file=sys.stderr)  # a bug: its traceback follows
+    return e
 
 
 def _ms(ms: int) -> str:
@@ -232,7 +304,7 @@ def _common_chunk_size(group: ConsistencyGroup) -> int:
 
 
 def _copy(args: argparse.Namespace, group: ConsistencyGroup, plan: Plan, chunk: int, host_memory: int,
-          zero: TimeZero, output: BackupOutput, catalog: dict[str, str], base: BaseBackup | None) -> CopySummary:
+          zero: TimeZero, output: BackupOutput | S3Output, catalog: dict[str, str], base: BaseBackup | None) -> CopySummary:
     time_zero = datetime.datetime.fromtimestamp(zero["time_zero"], datetime.UTC).isoformat()
     datasets = plan.datasets
     extra = {"pause_ms": zero["pause_ms"], "datasets": [describe(d) for d in datasets], "compression": args.compress,

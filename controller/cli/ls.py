@@ -93,7 +93,8 @@ class FolderListing(TypedDict):
 def register(subparsers: Subparsers) -> None:
     p = command(subparsers, "ls", summary="list what a backup holds, or the backups in a folder",
                 description=DESCRIPTION, examples=EXAMPLES)
-    p.add_argument("backup", metavar="BACKUP|DIR", help="a backup file, - for standard input, or a folder")
+    p.add_argument("backup", metavar="BACKUP|DIR",
+                   help="a backup file, s3://BUCKET/KEY, - for standard input, or a folder")
     p.add_argument("--json", action="store_true", help="print one JSON object (docs/json.md)")
     p.add_argument("--base", dest="bases", action="append", metavar="FILE",
                    help="a base of an incremental backup (repeat for each), instead of looking beside it")
@@ -117,7 +118,7 @@ def listing(path: str, chain_bases: list[str] | None = None) -> tuple[Listing, s
     label = backup_label(path)
     trailer, problem = None, None
     chain: list[ChainMember] | None = None
-    with opened_backup(path) as reader:
+    with opened_backup(path, random_access=True) as reader:
         header = reader.header
         if reader.seekable:
             try:

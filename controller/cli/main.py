@@ -8,11 +8,12 @@ import argparse
 import importlib
 import sys
 
+from common.objectstore import StoreError
 from common.units import DURATION_GRAMMAR, SIZE_GRAMMAR
 from controller import __version__, signals
 from controller.cli import settings
 from controller.cli.args import PROG, TzeroParser, epilog, global_options
-from controller.errors import EXIT_BUG, EXIT_FAILURE, TzeroError
+from controller.errors import EXIT_BUG, EXIT_FAILURE, TzeroError, store_error
 
 COMMANDS = ["serve", "backup", "restore", "verify", "ls", "status", "serve-backup", "consolidate", "attach", "detach",
             "certs"]
@@ -72,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     signals.install()
     try:
         settings.apply(args, args.parser, COMMANDS)
-        return int(args.func(args))
+        try:
+            return int(args.func(args))
+        except StoreError as e:  # translated where it happens; one that escapes still gets its status
+            raise store_error(e) from None
     except TzeroError as e:
         if args.debug:
             raise

@@ -50,7 +50,7 @@ EXAMPLES = (
 def register(subparsers: Subparsers) -> None:
     p = command(subparsers, "restore", summary="restore datasets from a backup", description=DESCRIPTION,
                 examples=EXAMPLES)
-    p.add_argument("backup", metavar="BACKUP", help="the backup file, or - for standard input")
+    p.add_argument("backup", metavar="BACKUP", help="the backup file, s3://BUCKET/KEY, or - for standard input")
     p.add_argument("--to", required=True, metavar="DIR|PATH|NBD-URI", help="where to restore")
     p.add_argument("--dataset", metavar="NAME", help="restore only this dataset")
     p.add_argument("--force", action="store_true",

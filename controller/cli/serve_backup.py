@@ -45,13 +45,15 @@ EXAMPLES = (
     ("tzero serve-backup nightly.tzb --socket /run/b.sock", "serve a backup's datasets"),
     ("nbdcopy 'nbd+unix:///db?socket=/run/b.sock' db.raw", "then copy one dataset out of it"),
     ("qemu-img convert -O qcow2 'nbd+unix:///vm1?socket=/run/b.sock' vm1.qcow2", "or convert one to qcow2"),
+    ("tzero serve-backup s3://backups/host1/nightly.tzb --socket /run/b.sock",
+     "serve one that sits in an object store, read by ranged GETs"),
 )
 
 
 def register(subparsers: Subparsers) -> None:
     p = command(subparsers, "serve-backup", summary="serve a backup read-only over NBD, one export per dataset",
                 description=DESCRIPTION, examples=EXAMPLES)
-    p.add_argument("backup", metavar="BACKUP", help="a backup file (seekable; not standard input)")
+    p.add_argument("backup", metavar="BACKUP", help="a backup file (seekable; not standard input) or s3://BUCKET/KEY")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--socket", metavar="SOCK", help="NBD unix socket (default ./tzero-backup.sock)")
     where.add_argument("--port", type=integer, metavar="PORT", help="NBD on this TCP port instead of a unix socket")

@@ -32,7 +32,7 @@ EXAMPLES = (
 def register(subparsers: Subparsers) -> None:
     p = command(subparsers, "verify", summary="check every record, the index and the digest of a backup",
                 description=DESCRIPTION, examples=EXAMPLES)
-    p.add_argument("backup", metavar="BACKUP", help="the backup file, or - for standard input")
+    p.add_argument("backup", metavar="BACKUP", help="the backup file, s3://BUCKET/KEY, or - for standard input")
     p.add_argument("--json", action="store_true", help="print one JSON object (docs/json.md)")
     p.add_argument("--base", dest="bases", action="append", metavar="FILE",
                    help="a base of an incremental backup (repeat for each), instead of looking beside it")

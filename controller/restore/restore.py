@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable, Iterable
 
 from backupformat import FormatError, Record, StreamReader
+from common.objectstore import StoreError
 from controller import signals
-from controller.errors import BackupFormatError, RestoreError, TzeroError
+from controller.errors import BackupFormatError, RestoreError, TzeroError, store_error
 from controller.progress import WaitClock
 from controller.restore.targets import Target, abort_all
 from controller.restore.verify import stream_positions
@@ -70,6 +71,9 @@ def _failure(e: BaseException, label: str, plan: dict[int, Target],
         reason = error.message
     elif isinstance(e, TzeroError):
         reason, error = e.message, e
+    elif isinstance(e, StoreError):
+        error = store_error(e)
+        reason = error.message
     elif isinstance(e, KeyboardInterrupt):  # SIGINT, SIGTERM, SIGHUP (controller/signals.py)
         reason, error = str(e) or "interrupted", e
     elif isinstance(e, OSError):

@@ -8,11 +8,12 @@ BackupFormatError a user sees, as one line that starts with the backup's name:
 import contextlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple, cast
 
 from backupformat import FormatError, StreamReader
 from backupformat.chain import check_chain
-from controller.errors import BackupFormatError, TzeroError
+from common.objectstore import StoreError, is_s3_uri
+from controller.errors import BackupFormatError, TzeroError, UsageError, store_error
 
 STDIN = "-"
 
@@ -23,29 +24,52 @@ def backup_label(path: str) -> str:
 
 
 @contextlib.contextmanager
-def opened_backup(path: str) -> Iterator[StreamReader]:
-    """Yield a StreamReader on PATH ('-' is stdin), its header already checked.
+def opened_backup(path: str, random_access: bool = False) -> Iterator[StreamReader]:
+    """Yield a StreamReader on PATH ('-' is stdin, s3://BUCKET/KEY an object), its header
+    already checked. An object is read front to back over one GET, or with RANDOM_ACCESS
+    by ranged GETs (for the trailer, the index, single records).
 
     A FormatError raised by the reader, here or in the caller's block, leaves as
-    BackupFormatError "PATH: where: reason". The file is closed on the way out
-    (stdin is left open). Errors that are not about the backup pass unchanged.
+    BackupFormatError "PATH: where: reason"; an object store's failure as the error its
+    kind calls for (errors.store_error). The file is closed on the way out (stdin is left
+    open). Errors that are not about the backup pass unchanged.
     """
     label = backup_label(path)
     f: BinaryIO
-    if path == STDIN:
-        f, owned = sys.stdin.buffer, False
-    else:
-        try:
-            f, owned = open(path, "rb"), True
-        except OSError as e:
-            raise TzeroError(f"cannot open {path}: {e.strerror}") from None
+    try:
+        if path == STDIN:
+            f, owned = sys.stdin.buffer, False
+        else:
+            f, owned = open_file(path, random_access), True
+    except StoreError as e:
+        raise store_error(e) from None
     try:
         yield StreamReader(f)
     except FormatError as e:
         raise BackupFormatError(f"{label}: {e}") from None
+    except StoreError as e:
+        raise store_error(e) from None
     finally:
         if owned:
             f.close()
+
+
+def open_file(path: str, random_access: bool) -> BinaryIO:
+    """PATH (a file, or s3://BUCKET/KEY) open for reading; TzeroError if it cannot be opened.
+    An object is read front to back over one GET, or with RANDOM_ACCESS by ranged GETs."""
+    if is_s3_uri(path):
+        from common.objectread import open_object  # boto3 is imported only for objects
+
+        try:
+            return cast(BinaryIO, open_object(path, sequential=not random_access))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        except StoreError as e:
+            raise store_error(e) from None
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise TzeroError(f"cannot open {path}: {e.strerror}") from None
 
 
 class Summary(NamedTuple):
