@@ -46,23 +46,28 @@ class ObjectReader(io.RawIOBase):
     in hand.
     """
 
-    def __init__(self, client: Any, uri: ObjectURI, sequential: bool):
+    def __init__(self, client: Any, uri: ObjectURI, sequential: bool, owns_client: bool = False):
         super().__init__()
         # Set at open, never changed.
         self.client = client
+        self.owns_client = owns_client  # close() closes the client too
         self.uri = uri
         self.sequential = sequential
         # The caller's thread only.
         self._pos = 0
         self._body: Any = None  # the streaming GET's body (sequential only), None when not open
         self._cache: OrderedDict[int, bytes] = OrderedDict()  # block number -> bytes, oldest first
-        if sequential:
-            self._body, self.size, self.etag = self._open_stream(0)
-        else:
-            head = head_object(client, uri, f"opening {uri}")
-            if head is None:
-                raise StoreError(f"opening {uri}: no such object", NO_OBJECT)
-            self.size, self.etag = int(head["ContentLength"]), str(head["ETag"])
+        try:
+            if sequential:
+                self._body, self.size, self.etag = self._open_stream(0)
+            else:
+                head = head_object(client, uri, f"opening {uri}")
+                if head is None:
+                    raise StoreError(f"opening {uri}: no such object", NO_OBJECT)
+                self.size, self.etag = int(head["ContentLength"]), str(head["ETag"])
+        except BaseException:
+            self.close()
+            raise
 
     # -- io.RawIOBase -------------------------------------------------------------
 
@@ -100,17 +105,19 @@ class ObjectReader(io.RawIOBase):
     def close(self) -> None:
         self._drop_body()
         self._cache.clear()
+        if self.owns_client and not self.closed:
+            self.client.close()
         super().close()
 
     # -- front to back ------------------------------------------------------------
 
-    def _open_stream(self, start: int) -> tuple[Any, int, str]:
+    def _open_stream(self, start: int, attempts: int | None = None) -> tuple[Any, int, str]:
         """A GET of the object from START to its end: (body, object size, ETag)."""
         args: dict[str, Any] = {"Bucket": self.uri.bucket, "Key": self.uri.key}
         if start:
             args.update(Range=f"bytes={start}-", IfMatch=self.etag)
         reply = retrying(f"reading {self.uri}" if start else f"opening {self.uri}",
-                         lambda: self.client.get_object(**args))
+                         lambda: self.client.get_object(**args), attempts=attempts)
         size = start + int(reply["ContentLength"])
         return reply["Body"], size, str(reply["ETag"])
 
@@ -119,8 +126,8 @@ class ObjectReader(io.RawIOBase):
         got = failures = 0
         while got < n:
             try:
-                if self._body is None:
-                    self._body = self._open_stream(self._pos + got)[0]
+                if self._body is None:  # one attempt: this loop is the one that retries
+                    self._body = self._open_stream(self._pos + got, attempts=1)[0]
                 data = self._body.read(n - got)
                 if not data:
                     raise StoreError(f"reading {self.uri}: the object store sent less than it announced",
@@ -187,4 +194,4 @@ class ObjectReader(io.RawIOBase):
 def open_object(text: str, sequential: bool) -> ObjectReader:
     """The object of the s3:// URI TEXT, opened for reading (a new client); ValueError for a
     URI that is not one, StoreError for the rest."""
-    return ObjectReader(make_client(), parse_uri(text), sequential)
+    return ObjectReader(make_client(), parse_uri(text), sequential, owns_client=True)

@@ -8,7 +8,8 @@ only when a client is made, and only calls that 1.26 has are used.
 Where a client's settings come from (docs/objectstore.md says it for users):
 - credentials: boto3's own chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE
   and the shared credentials and config files, and so on);
-- region: AWS_REGION, AWS_DEFAULT_REGION or the profile's; us-east-1 when none says;
+- region: AWS_REGION, AWS_DEFAULT_REGION or the profile's; us-east-1 when none says (S3
+  redirects a request to a bucket's own region);
 - endpoint: AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL, then the profile's `s3 =
   endpoint_url` and `endpoint_url`, unless AWS_IGNORE_CONFIGURED_ENDPOINT_URLS is true.
   boto3 reads these itself only from 1.28 on: tzero reads them on every version;
@@ -128,7 +129,10 @@ def make_client(connections: int = 10) -> Any:
     try:
         profile = session.get_scoped_config()
         endpoint = endpoint_url(os.environ, profile)
-        region = session.get_config_variable("region") or "us-east-1"
+        # Not session.get_config_variable("region"): on no setting it asks the instance metadata
+        # service, a network call to a link-local address on every start.
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or profile.get("region") \
+            or "us-east-1"
     except botocore.exceptions.BotoCoreError as e:
         raise StoreError(f"object store settings: {e}", CONFIG) from None
     if endpoint and urlsplit(endpoint).scheme not in ("http", "https"):
@@ -241,13 +245,9 @@ def _safe_url(url: str) -> str:
 
 
 def check_bucket(client: Any, uri: ObjectURI, what: str) -> None:
-    """StoreError unless URI's bucket exists and these credentials may use it."""
-    try:
-        retrying(what, lambda: client.head_bucket(Bucket=uri.bucket))
-    except StoreError as e:
-        if e.kind == NO_OBJECT:  # HEAD has no body: a bare 404 is the bucket's
-            raise StoreError(f"{what}: no such bucket", NO_BUCKET) from None
-        raise
+    """StoreError unless URI's bucket exists and these credentials may list it. A listing, not
+    a HEAD: a HEAD's error has no body, so it could not say which key or secret is wrong."""
+    retrying(what, lambda: client.list_objects_v2(Bucket=uri.bucket, Prefix=uri.key, MaxKeys=1))
 
 
 def head_object(client: Any, uri: ObjectURI, what: str) -> dict[str, Any] | None:
@@ -257,7 +257,10 @@ def head_object(client: Any, uri: ObjectURI, what: str) -> dict[str, Any] | None
         reply: dict[str, Any] = retrying(what, lambda: client.head_object(Bucket=uri.bucket, Key=uri.key))
         return reply
     except StoreError as e:
-        if e.kind != NO_OBJECT:
+        if e.kind not in (NO_OBJECT, DENIED):
             raise
-    check_bucket(client, uri, what)
+        denied = e
+    check_bucket(client, uri, what)  # says which: the bucket, the key or the secret
+    if denied.kind == DENIED:
+        raise denied
     return None

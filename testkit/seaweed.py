@@ -21,6 +21,7 @@ from typing import IO, Any
 
 PORT_LOW, PORT_HIGH = 20000, 22700  # P..P+4 and P+10000..P+10004 stay under 32768
 READY_TIMEOUT_S = 60.0
+PROBE_BUCKET = "tzero-ready"  # where start() proves the store serves data
 STOP_TIMEOUT_S = 30.0
 
 
@@ -32,6 +33,7 @@ def weed_binary() -> str | None:
 
 def _free(port: int) -> bool:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Go's listeners do: TIME_WAIT is no obstacle
     try:
         s.bind(("127.0.0.1", port))
         return True
@@ -70,6 +72,7 @@ class SeaweedStore:
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._client: Any = None
         self.start()
 
     @property
@@ -81,11 +84,19 @@ class SeaweedStore:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key,
                    AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=self.endpoint,
-                   AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+                   AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+                   AWS_EC2_METADATA_DISABLED="true")  # without keys, boto3 would ask a link-local address
         env.update(overrides)
         return env
 
     def client(self) -> Any:
+        """A client of this store shared by its callers (closed by stop())."""
+        if self._client is None:
+            self._client = self.new_client()
+        return self._client
+
+    def new_client(self) -> Any:
+        """A client of this store of the caller's own, who closes it."""
         import boto3
         import botocore.config
 
@@ -113,17 +124,31 @@ class SeaweedStore:
              "-webdav=false", "-admin.ui=false", "-master.telemetry=false"],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + READY_TIMEOUT_S
-        client = self.client()
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False  # a port taken meanwhile, most likely: try others
-            try:
-                client.list_buckets()
-                return True
-            except Exception:
-                time.sleep(0.2)
+        client = self.new_client()
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    return False  # a port taken meanwhile, most likely: try others
+                try:
+                    self._probe(client)
+                    return True
+                except Exception:
+                    time.sleep(0.2)
+        finally:
+            client.close()
         self.kill()
         return False
+
+    @staticmethod
+    def _probe(client: Any) -> None:
+        """A write and a read of data: the S3 gateway answers listings before the volume
+        server behind it serves objects again after a restart."""
+        try:
+            client.create_bucket(Bucket=PROBE_BUCKET)
+        except (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
+            pass
+        client.put_object(Bucket=PROBE_BUCKET, Key="probe", Body=b"ready")
+        assert client.get_object(Bucket=PROBE_BUCKET, Key="probe")["Body"].read() == b"ready"
 
     def kill(self) -> None:
         """SIGKILL: the store vanishes mid-request, as a crashed server does."""
@@ -133,6 +158,9 @@ class SeaweedStore:
         self._close_log()
 
     def stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -5,10 +5,13 @@ tests fail saying so rather than skip."""
 import itertools
 import os
 import secrets
+import sys
 
 import pytest
 
 from testkit.seaweed import SeaweedStore, weed_binary
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # s3load, beside this file
 
 _buckets = itertools.count()
 
@@ -41,7 +44,3 @@ def _store_running(store):
     yield
     if store.proc is None or store.proc.poll() is not None:
         store.start()
-
-
-def environ_without_aws():
-    return {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
