@@ -162,10 +162,10 @@ def backoff_s(attempt: int) -> float:
 
 
 def retrying(what: str, call: Callable[[], T], stop: threading.Event | None = None,
-             attempts: int | None = None) -> T:
+             attempts: int | None = None, on_retry: Callable[[], None] | None = None) -> T:
     """CALL(), again after a backoff while it fails for a reason that may pass, at most
-    ATTEMPTS (AWS_MAX_ATTEMPTS) times in all, or until STOP is set. Any failure leaves as
-    StoreError "WHAT: reason"."""
+    ATTEMPTS (AWS_MAX_ATTEMPTS) times in all, or until STOP is set; ON_RETRY() before each
+    new attempt. Any failure leaves as StoreError "WHAT: reason"."""
     limit = attempts or max_attempts()
     attempt = 0
     while True:
@@ -182,6 +182,8 @@ def retrying(what: str, call: Callable[[], T], stop: threading.Event | None = No
                 raise error
         else:
             time.sleep(delay)
+        if on_retry is not None:
+            on_retry()
 
 
 def translate(e: BaseException, what: str) -> StoreError:

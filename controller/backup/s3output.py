@@ -95,8 +95,9 @@ class S3Output:
         self._free: queue.Queue[bytearray] = queue.Queue()  # buffers nobody uses
         self._todo: queue.Queue[tuple[int, bytearray, int] | None] = queue.Queue()  # parts to send
         self._stop = threading.Event()  # set when the upload is being discarded
-        self._lock = threading.Lock()  # guards _etags and _error
+        self._lock = threading.Lock()  # guards _etags, _error and retries
         self._etags: dict[int, str] = {}
+        self.retries = 0  # part uploads sent again after a failure that may pass
         self._error: TzeroError | None = None  # the first failure of an upload thread
         self._precheck()
 
@@ -317,9 +318,13 @@ class S3Output:
         upload_id = self.upload_id
         reply = retrying(f"uploading part {number} of {self.uri}", lambda: self.client.upload_part(
             Bucket=self.uri.bucket, Key=self.uri.key, UploadId=upload_id, PartNumber=number,
-            Body=PartBody(view)), stop=self._stop)
+            Body=PartBody(view)), stop=self._stop, on_retry=self._count_retry)
         with self._lock:
             self._etags[number] = str(reply["ETag"])
+
+    def _count_retry(self) -> None:
+        with self._lock:
+            self.retries += 1
 
     def _failed(self) -> bool:
         with self._lock:

@@ -73,6 +73,7 @@ class StoreSummary(TypedDict):
     part_size: int
     parts: int
     upload_streams: int
+    retried_parts: int  # part uploads sent again after a failure that may pass
     swept_uploads: list[str]
 
 
@@ -246,7 +247,7 @@ def _store_summary(output: BackupOutput | S3Output) -> "StoreSummary | None":
         return None
     assert output.part_size is not None, "set before the upload"
     return {"part_size": output.part_size, "parts": output.parts, "upload_streams": output.streams,
-            "retried_parts": 0, "swept_uploads": output.swept}
+            "retried_parts": output.retries, "swept_uploads": output.swept}
 
 
 def _output(args: argparse.Namespace) -> BackupOutput | S3Output:

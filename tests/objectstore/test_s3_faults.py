@@ -31,7 +31,7 @@ def big(tmp_path, serve):
 
 
 def backup_args(sub, uri, *extra):
-    return ["backup", "-s", sub.control, "-o", uri, "--no-progress", "--part-size", "5M", *extra]
+    return ["backup", "-s", sub.control, "-o", uri, "--no-progress", "--json", "--part-size", "5M", *extra]
 
 
 @pytest.fixture
@@ -85,6 +85,21 @@ def test_s3_faults_store_killed_mid_upload_fails_in_one_line_and_the_next_run_sw
     assert last_json(second.stdout)["object_store"]["swept_uploads"] == [KEY]
     assert store.uploads(bucket) == [], "no multipart upload outlives the next run"
     assert sorted(store.keys(bucket)) == ["other.tzb"], "no object under KEY, no marker left"
+
+
+def test_s3_faults_store_restarted_mid_upload_is_retried_and_the_backup_completes(store, bucket, big):
+    with subprocess.Popen([*TZERO, *backup_args(big, f"s3://{bucket}/{KEY}", "--host-memory", "4M")],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                          env=store.env()) as proc:
+        held_mid_upload(store, bucket, proc)
+        store.kill()
+        os.kill(proc.pid, signal.SIGCONT)  # its next part finds no store, and backs off
+        store.start()
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert last_json(out)["object_store"]["retried_parts"] > 0
+    s3(store.env(), "verify", f"s3://{bucket}/{KEY}")
+    assert store.uploads(bucket) == []
 
 
 def test_s3_faults_interrupted_backup_aborts_its_upload_and_leaves_nothing(store, bucket, big, s3env):
