@@ -47,7 +47,8 @@ def held_mid_upload(store, bucket, backup: subprocess.Popen) -> None:
     and is not complete: then the upload is certainly mid-way. Returns with it held."""
     client = store.client()
     while True:
-        assert backup.poll() is None, "the backup ended before it was caught mid-upload"
+        if backup.poll() is not None:
+            raise AssertionError(f"the backup ended before it was caught mid-upload: {backup.stderr.read()}")
         os.kill(backup.pid, signal.SIGSTOP)
         uploads = store.uploads(bucket)
         if uploads and client.list_parts(Bucket=bucket, Key=uploads[0]["Key"],
@@ -118,7 +119,7 @@ def test_s3_faults_interrupted_backup_aborts_its_upload_and_leaves_nothing(store
 def test_s3_faults_session_aborted_mid_copy_aborts_the_upload_and_leaves_nothing(store, bucket, big, s3env):
     """The controller held silent mid-upload past its lease: the subsystem ends the session;
     the backup fails saying so, and its upload is aborted."""
-    with subprocess.Popen([*TZERO, *backup_args(big, f"s3://{bucket}/{KEY}", "--lease", "300", "--host-memory",
+    with subprocess.Popen([*TZERO, *backup_args(big, f"s3://{bucket}/{KEY}", "--lease", "2s", "--host-memory",
                                                 "4M", "--upload-streams", "1")],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=s3env) as proc:
         held_mid_upload(store, bucket, proc)
