@@ -29,7 +29,8 @@ EXIT_STATUSES = {
     EXIT_OK: "success",
     EXIT_FAILURE: "failed; retrying as it is will not help",
     EXIT_USAGE: "bad arguments, refused before anything was done",
-    EXIT_RETRY: "failed for a reason that may pass (subsystem unreachable or busy, session aborted): retry",
+    EXIT_RETRY: "failed for a reason that may pass (a subsystem or the object store unreachable or busy, "
+                "a session aborted): retry",
     EXIT_DAMAGED: "the backup is damaged, truncated or not a tzero backup",
     EXIT_BUG: "internal error (a bug; --debug shows the traceback)",
 }
