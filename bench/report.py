@@ -382,6 +382,11 @@ def main() -> int:
         lines += net_section(net)
     if inc:
         lines += incremental_section(inc)
+    s3 = load("s3")
+    if s3:
+        from bench import s3 as s3_bench
+
+        lines += s3_bench.report_section(s3)
     lines += NOTES.splitlines()
     with open(OUT, "w") as out:
         out.write("\n".join(lines).rstrip() + "\n")
