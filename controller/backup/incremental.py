@@ -10,9 +10,11 @@ export's changes since then; otherwise it is refused with the reason, or, with
 """
 
 import os
+import posixpath
 from dataclasses import dataclass
 
 from backupformat import Base, Header
+from common.objectstore import is_s3_uri
 from controller.backup.dataspec import DatasetSpec, parse_dataset
 from controller.backup.group import ConsistencyGroup, Since
 from controller.backup.layout import describe
@@ -34,23 +36,23 @@ class BaseBackup:
         """BASE at PATH, for a backup going to OUTPUT; UsageError if the one would replace the other."""
         if path == "-":
             raise UsageError("--since takes a backup file, not standard input")
-        if output != "-" and os.path.realpath(output) == os.path.realpath(path):
+        if output != "-" and _same(output, path):
             raise UsageError(f"--since {path} is the backup file -o would replace")
-        with opened_backup(path) as reader:
+        with opened_backup(path, random_access=True) as reader:
             digest = reader.read_trailer().digest
             return cls(path, reader.header, digest)
 
     def placement_note(self, output: str) -> str | None:
         """A word for the user when the incremental will not find BASE beside it by name."""
-        if output == "-" or os.path.realpath(os.path.dirname(os.path.abspath(output))) == \
-                os.path.realpath(os.path.dirname(os.path.abspath(self.path))):
+        if output == "-" or _same(_folder(output), _folder(self.path)):
             return None
         return (f"note: {os.path.basename(self.path)} is not in the directory of {output}: restore, verify and "
                 f"serve-backup of it will need --base {self.path}")
 
     def link(self) -> Base:
         """What the incremental's header records of it."""
-        return Base(os.path.basename(self.path), self.digest, self.header.time_zero)
+        return Base(posixpath.basename(self.path) if is_s3_uri(self.path) else os.path.basename(self.path),
+                    self.digest, self.header.time_zero)
 
     def specs(self) -> list[DatasetSpec]:
         """Its datasets as --dataset would give them: an incremental backs up the same ones. None
@@ -130,3 +132,15 @@ def generations(group: ConsistencyGroup, plan: Plan) -> dict[str, str]:
         if m.generation and export in _exports(plan):
             found[export] = m.generation
     return found
+
+
+def _folder(path: str) -> str:
+    """Where PATH's siblings are: its directory, or an object's key prefix."""
+    return posixpath.dirname(path) if is_s3_uri(path) else os.path.dirname(os.path.abspath(path))
+
+
+def _same(a: str, b: str) -> bool:
+    """Whether A and B name the same file (or folder, or object, or key prefix)."""
+    if is_s3_uri(a) or is_s3_uri(b):
+        return a == b
+    return os.path.realpath(a) == os.path.realpath(b)

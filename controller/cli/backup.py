@@ -305,7 +305,8 @@ def _common_chunk_size(group: ConsistencyGroup) -> int:
 
 
 def _copy(args: argparse.Namespace, group: ConsistencyGroup, plan: Plan, chunk: int, host_memory: int,
-          zero: TimeZero, output: BackupOutput | S3Output, catalog: dict[str, str], base: BaseBackup | None) -> CopySummary:
+          zero: TimeZero, output: BackupOutput | S3Output, catalog: dict[str, str],
+          base: BaseBackup | None) -> CopySummary:
     time_zero = datetime.datetime.fromtimestamp(zero["time_zero"], datetime.UTC).isoformat()
     datasets = plan.datasets
     extra = {"pause_ms": zero["pause_ms"], "datasets": [describe(d) for d in datasets], "compression": args.compress,

@@ -13,6 +13,7 @@ import shlex
 
 from backupformat import FormatError
 from common.endpoint import Endpoint, bracketed
+from common.objectstore import is_s3_uri
 from common.units import human_size
 from controller.cli.args import Subparsers, command, integer
 from controller.errors import UsageError
@@ -26,7 +27,7 @@ from controller.nbd.nbdkit_runner import (
     serves_nbd,
 )
 from controller.net.listen import NbdListen, checked_certificates, checked_transport
-from controller.restore.chain import LocalBackup, opened_chain
+from controller.restore.chain import opened_chain
 
 PLUGIN = os.path.join(PLUGIN_DIR, "backup_plugin.py")
 
@@ -78,7 +79,7 @@ def _check(args: argparse.Namespace) -> tuple[list[tuple[str, int]], list[str]]:
     check_pidfile(args.pidfile)
     if args.backup == "-":
         raise UsageError("serve-backup needs a backup file it can seek in, not standard input")
-    with opened_chain(args.backup, args.bases) as chain:
+    with opened_chain(args.backup, args.bases, random_access=True) as chain:
         for i, reader in enumerate(chain.readers):
             try:
                 reader.read_index()
@@ -88,7 +89,7 @@ def _check(args: argparse.Namespace) -> tuple[list[tuple[str, int]], list[str]]:
         header = chain.top.header
         if not header.datasets:
             raise UsageError(f"{args.backup} holds no datasets to serve")
-        paths = [os.path.abspath(s.path) for s in chain.sources if isinstance(s, LocalBackup)]
+        paths = [s.path if is_s3_uri(s.path) else os.path.abspath(s.path) for s in chain.sources]
         return [(d.name, d.size) for d in header.datasets], paths
 
 

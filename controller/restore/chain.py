@@ -3,7 +3,8 @@
 A link records its base's file name and stream digest. The base is looked up beside the
 incremental (BackupSource.sibling: "the backup named X next to this one"), unless a file
 given with --base has that digest. Where the backups live is behind BackupSource: local
-files today; another store (an object store's prefix) implements the same three things.
+files (LocalBackup), or objects in a store, whose bases are the objects beside them under
+the same key prefix (s3source.ObjectBackup).
 
 Each link is checked as it is found, from what the base's header and trailer say (its
 datasets, its time zero, the digest in its trailer): a missing or replaced base is one line
@@ -21,6 +22,7 @@ from typing import BinaryIO, Protocol
 
 from backupformat import FormatError, StreamReader
 from backupformat.chain import check_link
+from common.objectstore import is_s3_uri
 from controller.errors import BackupFormatError, TzeroError, UsageError
 
 STDIN = "-"
@@ -30,6 +32,7 @@ MAX_CHAIN = 10000  # links followed before a chain is called a loop
 class BackupSource(Protocol):
     """Where one backup is read from."""
 
+    path: str  # as the user gave it: a file, "-", or an s3:// URI
     label: str  # how messages name it
     seekable: bool  # a file (its trailer can be read first), not a pipe
 
@@ -63,6 +66,16 @@ class LocalBackup:
         folder = "." if self.path == STDIN else os.path.dirname(self.path)
         path = os.path.join(folder, name)
         return LocalBackup(path) if os.path.isfile(path) else None
+
+
+def source_for(path: str, random_access: bool = False) -> BackupSource:
+    """The backup at PATH: a file, standard input ("-"), or an object (s3://), read front to
+    back unless RANDOM_ACCESS (a file can always seek)."""
+    if is_s3_uri(path):
+        from controller.restore.s3source import ObjectBackup  # boto3 only for objects
+
+        return ObjectBackup(path, random_access)
+    return LocalBackup(path)
 
 
 @dataclass
@@ -102,21 +115,23 @@ class OpenedChain:
 
 
 @contextlib.contextmanager
-def opened_chain(path: str, bases: list[str] | None = None, top: StreamReader | None = None) -> Iterator[OpenedChain]:
-    """Yield the backup at PATH ("-": stdin) and its chain of bases, open; BASES are files to
-    take bases from (matched by digest) before looking beside it. TOP: PATH already open (its
-    caller closes it). A FormatError in the caller's block leaves as a BackupFormatError naming
-    the backup it is about."""
+def opened_chain(path: str, bases: list[str] | None = None, top: StreamReader | None = None,
+                 random_access: bool = False) -> Iterator[OpenedChain]:
+    """Yield the backup at PATH ("-": stdin, or s3://BUCKET/KEY) and its chain of bases, open;
+    BASES are backups to take bases from (matched by digest) before looking beside it. TOP:
+    PATH already open (its caller closes it). RANDOM_ACCESS: an object at PATH is read by
+    ranged GETs (its trailer, its index), not front to back; bases always are. A FormatError
+    in the caller's block leaves as a BackupFormatError naming the backup it is about."""
     chain = OpenedChain()
     try:
         try:
-            source = LocalBackup(path)
+            source = source_for(path, random_access)
             if top is None:
                 top = chain._add(source)
             else:
                 chain.sources.append(source)
                 chain.readers.append(top)
-            _resolve(chain, [LocalBackup(b) for b in bases or []])
+            _resolve(chain, [source_for(b, random_access=True) for b in bases or []])
             yield chain
         except FormatError as e:
             raise chain.error(e) from None
