@@ -276,7 +276,10 @@ class S3Output:
             if e.code != "NoSuchUpload":
                 raise
         self.upload_id = None
-        s3uploads.remove_marker(self.client, self.uri, upload_id, attempts=ABORT_ATTEMPTS)
+        try:
+            s3uploads.remove_marker(self.client, self.uri, upload_id, attempts=ABORT_ATTEMPTS)
+        except StoreError:
+            pass  # the upload is gone; the next sweep removes a marker whose upload is gone
 
     def _abort_quietly(self) -> None:
         try:
