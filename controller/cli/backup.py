@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import sys
 import time
 from typing import TypedDict
@@ -25,7 +26,7 @@ from controller.backup.output import BackupOutput
 from controller.backup.plan import Plan, make_plan
 from controller.backup.reorder import check_spill_dir
 from controller.backup.s3output import DEFAULT_STREAMS, S3Output
-from controller.backup.s3parts import choose_part_size, stream_bound
+from controller.backup.s3parts import check_part_size, choose_part_size, stream_bound
 from controller.cli import progress
 from controller.cli.args import Subparsers, command, parse_duration, parse_size, setting
 from controller.cli.progress import Progress
@@ -251,15 +252,17 @@ def _store_summary(output: BackupOutput | S3Output) -> "StoreSummary | None":
 
 
 def _output(args: argparse.Namespace) -> BackupOutput | S3Output:
-    """Where the stream goes, checked before anything is frozen."""
+    """Where the stream goes, checked before anything is frozen. --part-size and
+    --upload-streams are checked whatever the output, so a mistake in a config file shows."""
+    part_size = None if args.part_size is None else parse_size(args.part_size, "--part-size")
+    if part_size is not None:
+        check_part_size(part_size)
+    streams = args.upload_streams
+    if not re.fullmatch(r"[0-9]{1,2}", streams) or not 1 <= int(streams) <= 16:
+        raise UsageError(f"--upload-streams {streams!r}: give a number from 1 to 16")
     if not is_s3_uri(args.output):
         return BackupOutput(args.output, args.force)
-    part_size = None if args.part_size is None else parse_size(args.part_size, "--part-size")
-    try:
-        streams = int(args.upload_streams)
-    except ValueError:
-        raise UsageError(f"--upload-streams {args.upload_streams!r}: give a number from 1 to 16") from None
-    output = S3Output(args.output, args.force, part_size, streams)
+    output = S3Output(args.output, args.force, part_size, int(streams))
     for key in output.swept:
         print(f"tzero: removed an unfinished upload of s3://{output.uri.bucket}/{key} left by an earlier run",
               file=sys.stderr)

@@ -134,7 +134,7 @@ def test_s3_faults_interrupted_backup_aborts_its_upload_and_leaves_nothing(store
         os.kill(proc.pid, signal.SIGINT)
         os.kill(proc.pid, signal.SIGCONT)
         out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and one_line(err) == "tzero: interrupted"
+    assert proc.returncode == 130 and one_line(err) == "tzero: interrupted by SIGINT", err
     assert store.uploads(bucket) == [] and store.keys(bucket) == []
     assert big.status()["last_session"]["phase"] == "aborted", "the session was released as with any failure"
 
