@@ -56,7 +56,10 @@ class Device:
         self.size = blockdev.block_device_size(self.fd) if self.is_block else st.st_size
 
     def read_into(self, buf: WritableBuffer, offset: int) -> None:
-        read_fully(self.fd, buf, offset, self.path)
+        # One preadv straight into BUF (a request's own buffer: no copy); the loop only for a short read.
+        n = os.preadv(self.fd, (buf,), offset)
+        if n != len(buf):
+            read_fully(self.fd, memoryview(buf)[n:], offset + n, self.path)
 
     def identity(self) -> dict[str, str | int]:
         """What a process on this host checks to know it opened this very device or file."""
@@ -64,7 +67,10 @@ class Device:
         return {"path": self.path, "dev": st.st_dev, "ino": st.st_ino, "rdev": st.st_rdev}
 
     def write(self, buf: Buffer, offset: int) -> None:
-        write_all(self.fd, buf, offset)
+        # One pwrite from BUF (nbdkit's request buffer, not copied); the loop only for a short write.
+        n = os.pwrite(self.fd, buf, offset)
+        if n != len(buf):
+            write_all(self.fd, memoryview(buf)[n:], offset + n)
 
     def flush(self) -> None:
         os.fdatasync(self.fd)

@@ -35,6 +35,7 @@ API_VERSION = 2
 # range of a fragmented file gets the first ones and asks again from where they end (the
 # protocol allows a shorter answer), instead of waiting while the whole range is walked.
 EXTENTS_PER_REPLY = 1024
+_FUA = nbdkit.FLAG_FUA
 
 Ts = TypeVarTuple("Ts")
 R = TypeVar("R")
@@ -50,12 +51,23 @@ _state: _State = {}  # made in get_ready, never replaced
 
 
 class LiveHandle:
-    def __init__(self, export: Export, readonly: bool) -> None:
+    """A connection to a live export. What every request needs is looked up once, here, at open:
+    a read or a write then costs no dictionary or attribute chain."""
+
+    __slots__ = ("export", "readonly", "read_into", "write", "flush", "mutate")
+
+    def __init__(self, export: Export, readonly: bool, subsystem: Subsystem) -> None:
         self.export = export
         self.readonly = readonly
+        self.read_into = export.device.read_into
+        self.write = export.device.write
+        self.flush = export.device.flush
+        self.mutate = subsystem.mutate
 
 
 class ViewHandle:
+    __slots__ = ("export", "session")
+
     def __init__(self, export: Export, session: Session) -> None:
         self.export = export
         self.session = session
@@ -141,7 +153,7 @@ def open(readonly: bool) -> Handle:
     if export is None:
         _fail(errno.ENOENT, f"no export named {name!r} (this subsystem serves {', '.join(subsystem.exports)})")
     if not at:
-        return LiveHandle(export, readonly)
+        return LiveHandle(export, readonly, subsystem)
     session = subsystem.view_session(token)
     if session is None or export not in session.exports:
         # The name asked for stays out of the message: it may be a live session's view token.
@@ -172,38 +184,48 @@ def can_multi_conn(h: Handle) -> bool:
     return True
 
 
-@_io
+# pread and pwrite are every request an application makes: no decorator, no helper between
+# them and the device, the errno set here (what _io does for the rest).
 def pread(h: Handle, buf: memoryview, offset: int, flags: int) -> None:
-    if isinstance(h, ViewHandle):
-        h.session.read_view(h.export, buf, offset)
-    else:
-        h.export.device.read_into(buf, offset)
+    try:
+        if isinstance(h, LiveHandle):
+            h.read_into(buf, offset)
+        else:
+            h.session.read_view(h.export, buf, offset)
+    except OSError as e:
+        nbdkit.set_error(e.errno or errno.EIO)
+        raise
 
 
-def _mutate(h: Handle, offset: int, length: int, flags: int, apply: Callable[[*Ts], object], *args: *Ts) -> None:
-    _state["subsystem"].mutate(h.export, offset, length, apply, *args)
-    if flags & nbdkit.FLAG_FUA:
-        h.export.device.flush()
+def pwrite(h: LiveHandle, buf: memoryview, offset: int, flags: int) -> None:
+    try:
+        h.mutate(h.export, offset, len(buf), h.write, buf, offset)
+        if flags & _FUA:
+            h.flush()
+    except OSError as e:
+        nbdkit.set_error(e.errno or errno.EIO)
+        raise
+
+
+def _mutate(h: LiveHandle, offset: int, length: int, flags: int, apply: Callable[[*Ts], object], *args: *Ts) -> None:
+    h.mutate(h.export, offset, length, apply, *args)
+    if flags & _FUA:
+        h.flush()
 
 
 @_io
-def pwrite(h: Handle, buf: memoryview, offset: int, flags: int) -> None:
-    _mutate(h, offset, len(buf), flags, h.export.device.write, buf, offset)
-
-
-@_io
-def trim(h: Handle, count: int, offset: int, flags: int) -> None:
+def trim(h: LiveHandle, count: int, offset: int, flags: int) -> None:
     _mutate(h, offset, count, flags, h.export.device.trim, offset, count)
 
 
 @_io
-def zero(h: Handle, count: int, offset: int, flags: int) -> None:
+def zero(h: LiveHandle, count: int, offset: int, flags: int) -> None:
     _mutate(h, offset, count, flags, h.export.device.zero, offset, count, bool(flags & nbdkit.FLAG_MAY_TRIM))
 
 
 @_io
-def flush(h: Handle, flags: int) -> None:
-    h.export.device.flush()
+def flush(h: LiveHandle, flags: int) -> None:
+    h.flush()
 
 
 @_io

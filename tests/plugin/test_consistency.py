@@ -8,9 +8,10 @@ import subprocess
 import threading
 import time
 
+import nbd
 import pytest
 
-from testkit.workload import DependentWriter, time_zero_problems
+from testkit.workload import DependentWriter, Opener, connect_unix, time_zero_problems
 
 from helpers import REPO, TZERO, last_json, make_image, tzero, wait_for
 
@@ -23,7 +24,7 @@ WRITES_PER_STEP = 6
 class Load:
     """Images on two subsystems and writers going at them."""
 
-    def __init__(self, tmp_path, serve, *options):
+    def __init__(self, tmp_path, serve, *options, opener: Opener = connect_unix):
         names = ["a", "c", "b"]  # a and c on s1, b on s2: stream order a, c, b
         self.paths = {n: str(tmp_path / f"{n}.img") for n in names}
         self.initial = [make_image(self.paths[n], SIZE, seed=i) for i, n in enumerate(names)]
@@ -33,7 +34,8 @@ class Load:
         self.s1 = serve("s1", {"a": self.paths["a"], "c": self.paths["c"]}, *opts)
         self.s2 = serve("s2", {"b": self.paths["b"]}, *opts)
         targets = [(self.s1.socket, "a"), (self.s1.socket, "c"), (self.s2.socket, "b")]
-        self.writers = [DependentWriter(i, WRITERS, targets, [SIZE] * 3, seed=100 + i) for i in range(WRITERS)]
+        self.writers = [DependentWriter(i, WRITERS, targets, [SIZE] * 3, seed=100 + i, opener=opener)
+                        for i in range(WRITERS)]
         for w in self.writers:
             w.start()
         wait_for(lambda: all(len(w.log) >= 10 for w in self.writers), 30, "writers to get going")
@@ -169,3 +171,39 @@ def test_backup_piped_straight_into_restore_is_exact(tmp_path, serve):
     summary = last_json(errors[0])
     assert summary["chunks_cow"] > 0
     load.check(restored, summary)
+
+
+class ReadingBack:
+    """A live connection whose every write is FUA and is read straight back: the plugin's
+    pwrite (the FUA flush after it) and its live pread, under a backup, in one handle."""
+
+    def __init__(self, h: nbd.NBD) -> None:
+        self.h = h
+        self.fua = 0
+
+    def pwrite(self, data: bytes, offset: int) -> None:
+        self.h.pwrite(data, offset, nbd.CMD_FLAG_FUA)
+        self.fua += 1
+        back = self.h.pread(len(data), offset)
+        assert back == data, f"a live read at {offset} did not return the write just acknowledged"
+
+    def shutdown(self) -> None:
+        self.h.shutdown()
+
+
+def test_backup_under_fua_writers_reading_back_is_exact(tmp_path, serve):
+    handles: list[ReadingBack] = []
+
+    def opener(socket_path: str, export: str) -> ReadingBack:
+        handles.append(ReadingBack(connect_unix(socket_path, export)))
+        return handles[-1]
+
+    load = Load(tmp_path, serve, "--chunk", "64K", opener=opener)  # type: ignore[arg-type]
+    try:
+        out, summary = backup_through_pipe(load, tmp_path)
+    finally:
+        load.stop()  # a failed read-back is a writer's error: stop() asserts there is none
+    assert summary["chunks_cow"] > 0, "the paced copy must have made writers hit uncopied chunks"
+    assert sum(h.fua for h in handles) == load.writes(), "every write went through the FUA path"
+    tzero("restore", out, "--to", tmp_path / "restored")
+    load.check(tmp_path / "restored", summary)
