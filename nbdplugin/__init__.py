@@ -23,9 +23,9 @@ Imports common/ only (backup_plugin: backupformat/ only): it runs in nbdkit's em
 
 LOCKS, outermost first
 
-    1. ChunkMap stripe locks   chunk c's state, under stripe c % STRIPES. A view read takes
-                               the stripes of all its chunks, in ascending order; copy-before-write
-                               and release take one at a time.
+    1. ChunkMap stripe locks   chunk c's state, under stripe c % STRIPES. A view read, and
+                               release one batch of chunks at a time, take the stripes of all
+                               their chunks in ascending order; copy-before-write takes one at a time.
     2. Session._lock           phase, abort_reason
        WriteGate._lock         frozen, in-flight count, deadline (its condition shares the lock)
        SideStore._lock         the saved keys and the byte counts

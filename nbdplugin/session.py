@@ -47,6 +47,8 @@ if TYPE_CHECKING:  # both import this module
 
 OPEN, FROZEN, ACTIVE, CLOSED, ABORTED = "open", "frozen", "active", "closed", "aborted"
 VIEW_TOKEN_BYTES = 16  # 128 random bits: not to be guessed, even by a client allowed to try many names
+RELEASE_BATCH = 128  # chunks one step of release holds the stripe locks of
+_DONE_RUN = bytes([DONE]) * RELEASE_BATCH
 _CHANGED_IF_TRACKED = bytes.maketrans(bytes([PENDING, DONE]), b"\x01\x00")  # chunk states at open -> changed
 
 
@@ -316,17 +318,40 @@ class Session:
     # --- release -----------------------------------------------------------
 
     def release(self, export: Export, first: int, count: int) -> None:
-        """Chunks FIRST..FIRST+COUNT-1 are in the backup: drop saved copies, stop tracking them."""
+        """Chunks FIRST..FIRST+COUNT-1 are in the backup: drop saved copies, stop tracking them.
+
+        In batches of RELEASE_BATCH chunks, each under its chunks' stripe locks (ascending, as a
+        view read takes them): the states are read and written a batch at a time, so the GIL is
+        held for a few slice operations per batch rather than a lock and a lookup per chunk; a
+        writer of one of the batch's chunks waits no longer than the batch's saved copies take
+        to be given back."""
         m = self._map(export)
         if first < 0 or count < 0 or first + count > m.count:
             raise ValueError(f"chunks {first}+{count} out of range for {export.name} ({m.count} chunks)")
-        for c in range(first, first + count):
-            with m.lock(c):
-                if m.states[c] == SAVED:
-                    self.side.discard((export.index, c))
-                if m.states[c] != DONE:
-                    m.states[c] = DONE
-                    self.released_bytes += m.extent(c)[1]
+        for start in range(first, first + count, RELEASE_BATCH):
+            self._release_batch(export, m, start, min(start + RELEASE_BATCH, first + count))
+
+    def _release_batch(self, export: Export, m: ChunkMap, start: int, stop: int) -> None:
+        locks = m.locks_for(start, stop - 1)
+        for lock in locks:
+            lock.acquire()
+        try:
+            states = m.states
+            batch = states[start:stop].tobytes()
+            c = batch.find(SAVED)
+            while c >= 0:
+                self.side.discard((export.index, start + c))
+                c = batch.find(SAVED, c + 1)
+            owed = len(batch) - batch.count(DONE)
+            if owed:
+                released = owed * m.chunk_size
+                if stop == m.count and batch[-1] != DONE:  # the last chunk may be short
+                    released -= m.chunk_size - m.extent(stop - 1)[1]
+                self.released_bytes += released
+                states[start:stop] = _DONE_RUN[:stop - start]
+        finally:
+            for lock in reversed(locks):
+                lock.release()
 
     def saved_chunks(self, export: Export, limit: int) -> list[int]:
         self._map(export)

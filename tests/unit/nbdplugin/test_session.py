@@ -169,3 +169,88 @@ def test_session_release_of_out_of_range_chunks_is_refused(tmp_path):
     with pytest.raises(ValueError):
         s.release(export, 8, 5)
     assert s.maps[0].count_of(PENDING) == 9
+
+
+def test_session_release_across_batches_discards_saved_chunks_and_counts_each_chunk_once(tmp_path):
+    from nbdplugin.session import RELEASE_BATCH
+
+    n = 2 * RELEASE_BATCH + 3
+    size = n * CHUNK - 1000  # a short last chunk
+    s, export = make_session(tmp_path, bytes(size), side_memory=(n + 1) * CHUNK)
+    saved = [0, 1, RELEASE_BATCH - 1, RELEASE_BATCH, n - 1]  # neighbours, either side of an edge, the short one
+    for c in saved:
+        s.save_before_mutation(export, c * CHUNK, 1)
+    s.release(export, 5, 3)  # an early release: these chunks are not counted twice below
+    s.release(export, 0, n)
+    m = s.maps[0]
+    assert m.count_of(DONE) == n
+    assert s.side.keys(0, n) == [] and s.side.memory_bytes == 0, "every saved copy went back to the pool"
+    assert s.released_bytes == size
+    s.release(export, 0, n)
+    assert s.released_bytes == size, "released chunks are not counted again"
+    buf = bytearray(CHUNK)
+    with pytest.raises(OSError) as e:
+        s.read_view(export, buf, RELEASE_BATCH * CHUNK)
+    assert e.value.errno == errno.EIO
+    s.close()
+    export.device.close()
+
+
+def test_session_batched_release_under_concurrent_writers_and_readers_keeps_time_zero(tmp_path):
+    """Writers save and overwrite chunks while the copier's release runs a batch at a time in
+    front of them, and views read what is not released yet: every view read is time zero, and
+    at the end the side store holds exactly the chunks still SAVED (none of the released)."""
+    from nbdplugin.session import RELEASE_BATCH
+
+    n = 3 * RELEASE_BATCH
+    rnd = random.Random(5)
+    initial = rnd.randbytes(n * CHUNK)
+    s, export = make_session(tmp_path, initial, side_memory=(n + 1) * CHUNK)
+    m = s.maps[0]
+    released_upto = [0]  # chunks below it are released or being released (set by the releasing thread)
+    stop = threading.Event()
+    failures = []
+
+    def writer(seed):
+        r = random.Random(seed)
+        while not stop.is_set():
+            off = r.randrange(0, (n - 2) * CHUNK)
+            data = r.randbytes(r.randrange(1, 2 * CHUNK))
+            s.save_before_mutation(export, off, len(data))
+            export.device.write(data, off)
+
+    def reader():
+        r = random.Random(11)
+        while not stop.is_set():
+            first = released_upto[0] + RELEASE_BATCH // 2  # ahead of the release, never inside it
+            if first + 2 >= n:
+                return
+            off = r.randrange(first * CHUNK, (n - 2) * CHUNK)
+            buf = bytearray(r.randrange(1, 2 * CHUNK))
+            try:
+                s.read_view(export, buf, off)
+            except OSError:  # EIO is right only if the release overtook the read meanwhile
+                if off // CHUNK >= released_upto[0]:
+                    failures.append(off)
+                continue
+            if buf != initial[off:off + len(buf)]:
+                failures.append(off)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)] + [threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    try:
+        while m.count_of(SAVED) < 8:  # let copy-before-write happen before releasing
+            threading.Event().wait(0.001)
+        for first in range(0, n, 16):
+            released_upto[0] = first + 16  # before the release starts: a read below it may fail
+            s.release(export, first, 16)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not failures, f"view reads at {failures[:5]} did not return time-zero content"
+    assert m.count_of(DONE) == n and s.side.keys(0, n) == [] and s.side.memory_bytes == 0
+    assert s.cow_chunks >= 8
+    s.close()
+    export.device.close()
