@@ -232,6 +232,14 @@ class Session:
             return
         states = m.states
         for c in m.span(offset, length):
+            # Read without the stripe lock, so that a chunk already SAVED or DONE (every write
+            # after its chunk's first) costs one byte read and no lock. Safe because while the
+            # session is ACTIVE a state only moves forward: PENDING -> SAVED (here, under the
+            # lock), PENDING or SAVED -> DONE (release, under it), never back to PENDING (only
+            # form_concordance writes PENDING, with every gate closed, before ACTIVE; prepare only
+            # narrows to DONE, before that). A non-PENDING state read here is therefore final
+            # for copy-before-write: the time-zero content is saved or already in the backup.
+            # A PENDING one may be stale, so it is checked again under the lock.
             if states[c] != PENDING:
                 continue
             with m.lock(c):
