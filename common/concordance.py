@@ -13,7 +13,12 @@ straight from the device. Both sides use these names, so the layout is written o
                            very session's concordance, so it runs on the subsystem's host:
                            a path and inode numbers could name another file on another
                            host by accident, 128 random bits cannot.
-    bytes 24 .. HEADER-1   reserved, zero
+    bytes 24 .. 31         writes admitted: the mutations the export's write gate admitted
+                           while this session was open, an unsigned 64-bit count in the
+                           host's byte order (a local controller only: x86-64, little
+                           endian). `--rate auto` reads it to yield to busy writers
+                           (controller/backup/rate.py); a torn or stale load costs only a
+                           pacing decision, never a byte of the backup.
     byte HEADER + c        the state of chunk c: PENDING, SAVED or DONE
 
 State table (a chunk only ever moves down it within one session):
@@ -29,6 +34,7 @@ PENDING, SAVED, DONE = 0, 1, 2
 STATE_NAMES = {PENDING: "pending", SAVED: "saved", DONE: "done"}
 DEAD_OFFSET = 0
 TOKEN_OFFSET, TOKEN_SIZE = 8, 16
+WRITES_OFFSET = 24  # 8 bytes: writes admitted (above)
 HEADER = 32
 
 

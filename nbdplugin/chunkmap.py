@@ -34,6 +34,7 @@ from common.concordance import (
     SAVED,
     TOKEN_OFFSET,
     TOKEN_SIZE,
+    WRITES_OFFSET,
     chunk_count,
     mapping_size,
 )
@@ -120,6 +121,11 @@ class ChunkMap:
         """Where another process on this host maps this concordance (read-only)."""
         return {"path": f"/proc/{os.getpid()}/fd/{self._fd}", "header": HEADER, "chunks": self.count,
                 "chunk_size": self.chunk_size, "token": self.token.hex()}
+
+    def writes_word(self) -> memoryview:
+        """The header's count of writes admitted, as one native unsigned 64-bit item: the export's
+        write gate adds to it while this session is open (gate.py), a local controller reads it."""
+        return memoryview(self._shared)[WRITES_OFFSET:WRITES_OFFSET + 8].cast("Q")
 
     def mark_dead(self) -> None:
         """Say, before chunks stop being saved, that PENDING no longer means "in place"."""

@@ -9,8 +9,8 @@ A clean stop seals the gate: frozen for good, with no deadline, once the mutatio
 flight have drained; a mutation that arrives later waits until the process ends, so it is
 never applied (nor acknowledged) after the change maps were saved.
 
-Lock: `_lock` (shared by `_cond`) guards `_frozen`, `_sealed`, `_inflight`, `_deadline` and
-`_closed_at`. Every application write passes here twice, so the open gate costs one plain
+Lock: `_lock` (shared by `_cond`) guards `_frozen`, `_sealed`, `_inflight`, `_deadline`,
+`_closed_at` and the count behind `writes`. Every application write passes here twice, so the open gate costs one plain
 lock round trip each way: the condition is only waited on or notified while frozen.
 """
 
@@ -35,12 +35,18 @@ class WriteGate:
         self._inflight = 0
         self._deadline = 0.0
         self._closed_at = 0.0
+        # Set by the session that opens (None when none is open), read by enter under _lock:
+        # the shared concordance's count of writes admitted (chunkmap.writes_word), which a
+        # controller pacing with --rate auto reads to yield to busy writers.
+        self.writes: memoryview | None = None
 
     def enter(self) -> None:
         """Admit one mutation; waits while frozen, at most until the freeze deadline."""
         with self._lock:
             if not self._frozen:
                 self._inflight += 1
+                if self.writes is not None:
+                    self.writes[0] += 1
                 return
         self._enter_frozen()
 
@@ -54,6 +60,8 @@ class WriteGate:
                     break
                 self._cond.wait(None if self._sealed else remaining)  # sealed: until the process ends
             self._inflight += 1
+            if self.writes is not None:
+                self.writes[0] += 1
         if expired and self.on_expire:
             self.on_expire()
 

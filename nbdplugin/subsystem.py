@@ -168,6 +168,8 @@ class Subsystem:
         # committed its generation (or merged back), and no other can until this one ends.
         since = {n: self.tracker.since(n, g) for n, g in since_ids.items()}
         s.prepare({self.exports[n].index: k for n, k in since.items()})
+        for e in exports:  # counted in the session's concordance header, for --rate auto
+            e.gate.writes = s.maps[e.index].writes_word()
         log(f"session {s.sid} opened on {', '.join(names)}")
         local = {e.name: {"concordance": s.maps[e.index].shared(), "device": e.device.identity()} for e in exports}
         return {"session": s.sid, "views": {n: s.view_name(n) for n in names}, "local": local,
@@ -292,7 +294,8 @@ class Subsystem:
         return self._pulse(s)
 
     def _pulse(self, s: Session) -> Reply:
-        """What the controller needs on every round trip: is the session alive, is there pressure."""
+        """What the controller needs on every round trip: is the session alive, is there pressure,
+        how many writes the session's exports admitted (what --rate auto yields to)."""
         if not s.alive:
             raise ProtocolError("aborted", s.abort_reason or s.phase)
         return {
@@ -300,6 +303,7 @@ class Subsystem:
             "pressure": s.side.pressure,
             "side_bytes": s.side.memory_bytes + s.side.spill_bytes,
             "chunks_cow": s.cow_chunks,
+            "writes": sum(int(s.maps[e.index].writes_word()[0]) for e in s.exports),
         }
 
     def _close(self, s: Session, msg: Message) -> Reply:
@@ -317,6 +321,8 @@ class Subsystem:
     # --- endings that come from outside a request ---------------------------
 
     def _session_ended(self, s: Session) -> None:
+        for e in s.exports:  # the next session opens only once this one has ended
+            e.gate.writes = None
         status = s.status()
         with self._lock:
             self.last_status = status
