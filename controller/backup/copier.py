@@ -41,6 +41,7 @@ from controller.backup.ledger import Ledger
 from controller.backup.local_read import LocalRead
 from controller.backup.plan import Plan, recheck_partitions
 from controller.backup.pressure import PressureRelief
+from controller.backup.rate import MAX, Pacer, Rate, pacer_for
 from controller.backup.records import RecordAssembler
 from controller.backup.reorder import ReorderBuffer
 from controller.backup.scheduler import Scheduler, key
@@ -93,7 +94,7 @@ class Copier(PressureRelief):
 
     def __init__(self, group: ConsistencyGroup, plan: Plan, writer: StreamWriter, chunk_size: int,
                  host_memory: int, spill_dir: str | None = None,
-                 progress: Callable[[int, str], None] | None = None, local: bool = True):
+                 progress: Callable[[int, str], None] | None = None, local: bool = True, rate: Rate = MAX):
         # Set at start, never changed.
         self.group = group
         self.plan = plan
@@ -101,6 +102,7 @@ class Copier(PressureRelief):
         self.chunk = chunk_size
         self.local = local  # read views straight from the device where possible (local_read.py)
         self.progress = progress or (lambda done, dataset: None)  # bytes of the stream done, the dataset
+        self.rate = rate  # --rate: how fast the views are read in stream order (rate.py)
         # Copy loop only. Of these, request_bytes never changes, and readers and scheduler are
         # set once, by run(), when the views are open.
         self.ledger = Ledger(chunk_size, plan.claims())
@@ -111,6 +113,7 @@ class Copier(PressureRelief):
         self.records = RecordAssembler(writer, RECORD_BYTES, zero_records=plan.changed is not None)
         self.readers: dict[str, ViewReader] = {}
         self.scheduler: Scheduler
+        self.pacer = Pacer(MAX)  # set by run(), once the views (and their write counts) are open
         self._head: Piece | None = None  # the piece the stream waits for
         self._unreleased: dict[str, list[int]] = {}
         self._unreleased_count = 0
@@ -133,7 +136,8 @@ class Copier(PressureRelief):
             for export, m in self.plan.owner.items():
                 if export in self.ledger.exports:
                     self.readers[export] = self._open_view(export, m)
-            self.scheduler = Scheduler(list(self.readers.values()), self.pool)
+            self.pacer = pacer_for(self.rate, self.readers, self.plan.owner)
+            self.scheduler = Scheduler(list(self.readers.values()), self.pool, self.pacer.admit)
             recheck_partitions(self.plan.checks, self.readers)
             for c in self.plan.checks:
                 for off, n in c.table:
@@ -197,6 +201,11 @@ class Copier(PressureRelief):
             self.group.check()
             if any(m.pressure for m in self.plan.owner.values()):
                 self._relieve_pressure()
+            while not (key(head) in self.buffer or self.readers[head.export].queue or self.pacer.ready()):
+                # --rate holds the head's read back (rate.py); pressure and failures still go first.
+                self.group.check()
+                if any(m.pressure for m in self.plan.owner.values()):
+                    self._relieve_pressure()
             if key(head) in self.buffer:
                 data = self.buffer.take(key(head))
                 self._emit(head, data)

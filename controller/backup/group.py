@@ -17,6 +17,8 @@ share, and how:
                        acts on it); read by the copy loop. Each is one attribute store,
                        atomic under the GIL; a clear that overtakes a pulse delays the
                        fetch to the next pulse, nothing worse.
+  Member.writes        written by both like side_bytes, read by the copy loop (--rate
+                       auto): a tuple replaced whole.
   failure              written by the heartbeat (its first failure; sticky), read by
                        the copy loop at every step (check) and by explain.
   Copier.published     replaced whole by the copy loop (a reference swap; a published
@@ -107,6 +109,9 @@ class Member:
     # `pressure` when it acts on it), read by the copy loop: atomic attributes (see above).
     pressure: bool = False
     side_bytes: int | None = None  # as the last pulse said; None before the first
+    # Writes the session's exports admitted, as the last pulse said, and when it came (monotonic);
+    # None before the first or from a subsystem that does not say. Replaced whole (--rate auto).
+    writes: tuple[float, int] | None = None
 
     @property
     def where(self) -> str:
@@ -315,6 +320,8 @@ class ConsistencyGroup:
     def note_pulse(self, m: Member, pulse: JsonObject) -> None:
         m.pressure = pulse["pressure"]
         m.side_bytes = pulse["side_bytes"]
+        writes = pulse.get("writes")
+        m.writes = (time.monotonic(), writes) if isinstance(writes, int) else None
 
     def check(self) -> None:
         if self.failure:

@@ -44,7 +44,16 @@ from typing import TypedDict
 
 import nbd
 
-from common.concordance import DEAD_OFFSET, HEADER, PENDING, TOKEN_OFFSET, TOKEN_SIZE, chunk_count, mapping_size
+from common.concordance import (
+    DEAD_OFFSET,
+    HEADER,
+    PENDING,
+    TOKEN_OFFSET,
+    TOKEN_SIZE,
+    WRITES_OFFSET,
+    chunk_count,
+    mapping_size,
+)
 from common.fileio import read_fully
 
 ARCHES = ("x86_64", "amd64")
@@ -169,6 +178,11 @@ class LocalRead:
                 runs.append((lo, hi - lo))
         self.fixed_bytes += sum(n for _, n in runs)
         return runs
+
+    def writes_admitted(self) -> int:
+        """The writes the export's gate admitted in this session (the concordance header's count:
+        common/concordance.py), for --rate auto; one 8-byte load, a stale value only paces."""
+        return int.from_bytes(self._shared[WRITES_OFFSET:WRITES_OFFSET + 8], "little")
 
     def close(self) -> None:
         self._shared.close()

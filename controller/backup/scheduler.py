@@ -22,6 +22,8 @@ spill file is for chunks that side-store pressure forces out early (copier.py),
 never for speculation.
 """
 
+from collections.abc import Callable
+
 from controller.backup.layout import Piece
 from controller.backup.view_reader import BufferPool, Read, Taken, ViewReader
 
@@ -32,8 +34,11 @@ def key(piece: Piece) -> tuple[int, int]:
 
 
 class Scheduler:
-    def __init__(self, readers: list[ViewReader], pool: BufferPool):
+    def __init__(self, readers: list[ViewReader], pool: BufferPool,
+                 admit: Callable[[int], bool] = lambda length: True):
+        """ADMIT(length): whether --rate lets a read of LENGTH bytes go now (rate.py); it counts it if so."""
         # Set at start, never changed.
+        self.admit = admit
         self._count = pool.free  # the pool is full when the copy starts
         self.readers = readers
         self.pool = pool  # its size is the request size, its count the budget
@@ -63,6 +68,8 @@ class Scheduler:
             is_head = head is not None and key(chosen[0]) == key(head)
             if not is_head and self.pool.free - 1 < self._idle_besides(best):
                 return
+            if not self.admit(sum(p.length for p in chosen)):
+                return  # the copier waits for the rate when the head's read is the one held back
             best.issue(chosen, head is not None and chosen[0].dataset > head.dataset, self.pool)
             self.peak_held = max(self.peak_held, self.held)
 

@@ -24,6 +24,7 @@ from controller.backup.incremental import BaseBackup, changed_chunks, generation
 from controller.backup.layout import describe
 from controller.backup.output import BackupOutput
 from controller.backup.plan import Plan, make_plan
+from controller.backup.rate import parse_rate
 from controller.backup.reorder import check_spill_dir
 from controller.backup.s3output import DEFAULT_STREAMS, S3Output
 from controller.backup.s3parts import check_part_size, choose_part_size, stream_bound
@@ -53,6 +54,8 @@ class CopySummary(CopierStats):
     records: int
     data_bytes: int
     stored_bytes: int
+    rate: str  # --rate as taken: max, auto, or N MiB/s
+    rate_waited_s: float  # how long the copy waited for --rate
 
 
 class Summary(CopySummary):
@@ -147,6 +150,11 @@ def register(subparsers: Subparsers) -> None:
     setting(p, "--lease", key="lease", default="30s", metavar="DURATION",
             help="a subsystem abandons the session after this long without word from this command "
                  "(100 ms to 2 min)")
+    setting(p, "--rate", key="rate", default="max", metavar="max|auto|RATE",
+            help="how fast the copy reads the disks: max; RATE bytes per second as a size (200M is 200 MiB/s), "
+                 "after a first tenth of a second at full speed; auto: full speed while applications are not "
+                 "writing, 64 MiB/s while they are. Time zero is never slowed, and chunks saved by copy-before-write "
+                 "are fetched at once when the subsystem runs short of room, whatever the rate")
     setting(p, "--read-path", key="read-path", default="auto", choices=("auto", "nbd"),
             help="auto: read each view straight from its device when this host serves it, else over NBD; "
                  "nbd: always over NBD")
@@ -180,6 +188,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"{option} {getattr(args, option[2:].replace('-', '_'))}: must be from "
                              f"{_ms(lo)} to {_ms(hi)}")
     extra = catalog_entry(args.label, args.note)
+    try:
+        args.rate = parse_rate(args.rate)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if args.read_path not in ("auto", "nbd"):
         raise UsageError(f"--read-path {args.read_path!r}: choose auto or nbd")
     if args.full_if_needed and not args.since:
@@ -323,7 +335,7 @@ def _copy(args: argparse.Namespace, group: ConsistencyGroup, plan: Plan, chunk: 
     progress = Progress(args, "backup", sum(d.size for d in datasets))
     try:
         copier = Copier(group, plan, writer, chunk, host_memory, args.spill_dir, progress.update,
-                        local=args.read_path == "auto")
+                        local=args.read_path == "auto", rate=args.rate)
         progress.why_slow = reasons(copier.slow_reason, output_wait.reason)
         group.stats_source = lambda: copier.published
         copied = copier.run()
@@ -346,6 +358,8 @@ def _copy(args: argparse.Namespace, group: ConsistencyGroup, plan: Plan, chunk: 
         "records": written["records"],
         "data_bytes": written["data_bytes"],
         "stored_bytes": written["stored_bytes"],
+        "rate": str(args.rate),
+        "rate_waited_s": round(copier.pacer.waited_s, 3),
         **copied,
     }
 

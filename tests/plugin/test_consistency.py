@@ -136,6 +136,20 @@ def test_backup_with_tiny_side_memory_spills_and_copies_ahead_and_stays_exact(tm
     load.check(tmp_path / "restored", summary)
 
 
+@pytest.mark.parametrize("rate", ["auto", "8M"])
+def test_backup_at_a_rate_under_dependent_writers_restores_a_prefix_at_time_zero(tmp_path, serve, rate):
+    """--rate changes when views are read, never what: the paced copy is exact too."""
+    load = Load(tmp_path, serve, "--chunk", "64K")
+    try:
+        out, summary = backup_through_pipe(load, tmp_path, "--rate", rate)
+    finally:
+        load.stop()
+    assert summary["rate"] == ("auto" if rate == "auto" else "8 MiB/s")
+    assert summary["chunks_cow"] > 0
+    tzero("restore", out, "--to", tmp_path / "restored")
+    load.check(tmp_path / "restored", summary)
+
+
 def test_backup_to_file_under_writers_restores_a_prefix_at_time_zero(tmp_path, serve):
     load = Load(tmp_path, serve, "--chunk", "64K")
     out = tmp_path / "backup.tzb"
