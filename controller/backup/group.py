@@ -109,9 +109,10 @@ class Member:
     # `pressure` when it acts on it), read by the copy loop: atomic attributes (see above).
     pressure: bool = False
     side_bytes: int | None = None  # as the last pulse said; None before the first
-    # Writes the session's exports admitted, as the last pulse said, and when it came (monotonic);
-    # None before the first or from a subsystem that does not say. Replaced whole (--rate auto).
-    writes: tuple[float, int] | None = None
+    # The last pulse's (when it came (monotonic), writes the session's exports admitted, chunks saved
+    # by copy-before-write); None before the first or from a subsystem that does not say. Replaced
+    # whole (--rate auto).
+    writes: tuple[float, int, int] | None = None
 
     @property
     def where(self) -> str:
@@ -321,7 +322,7 @@ class ConsistencyGroup:
         m.pressure = pulse["pressure"]
         m.side_bytes = pulse["side_bytes"]
         writes = pulse.get("writes")
-        m.writes = (time.monotonic(), writes) if isinstance(writes, int) else None
+        m.writes = (time.monotonic(), writes, pulse["chunks_cow"]) if isinstance(writes, int) else None
 
     def check(self) -> None:
         if self.failure:

@@ -20,10 +20,15 @@ is --rate 200M).
 auto gives the applications' writes priority. Each subsystem counts the mutations it
 admits (the write gate, nbdplugin/gate.py): a local controller reads that count from the
 shared concordance's header, a remote one from every pulse (heartbeat and release
-replies, docs/control-protocol.md). While any subsystem of the backup admitted at least
-AUTO_BUSY_WRITES_PER_S writes per second over the last AUTO_WINDOW_S, the copier yields:
-it reads at AUTO_FLOOR, the floor that keeps the backup going however long the writers
-write; otherwise it reads at full speed. Pressure still wins, as above.
+replies, docs/control-protocol.md), which also says how many chunks copy-before-write
+saved. While some subsystem of the backup admits at least AUTO_BUSY_WRITES_PER_S writes a
+second over the last AUTO_WINDOW_S, the copier yields: it reads at AUTO_FLOOR, the floor
+that keeps the backup going however long the writers write. But not while those writes
+save chunks (one in AUTO_WRITES_PER_SAVE or more, or not known yet): then each chunk
+copied sooner is a copy-before-write the applications no longer pay, and a slower copy
+would make them save nearly every chunk and fill the side store (bench/rate.py measured
+it: 3-5 times the saves under fio at a low rate). Otherwise it reads at full speed.
+Pressure still wins, as above.
 
 Pacer is used by the copy loop only (copier.py), and reads nothing it does not own but the
 write counts (a shared mapping, or attributes the heartbeat thread replaces whole).
@@ -33,7 +38,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from common import units
 
@@ -48,12 +53,14 @@ MIN_BURST = 1 << 20  # the bucket holds at least one request, so a read never wa
 AUTO_FLOOR = 64 << 20  # auto's rate while writers are busy
 AUTO_WINDOW_S = 0.5  # auto looks at the writes of this long: at least a heartbeat interval, so pulses show
 AUTO_BUSY_WRITES_PER_S = 200  # auto yields from this many writes a second on one subsystem
+AUTO_WRITES_PER_SAVE = 16  # ... unless one write in this many (or more) saves a chunk
 SAMPLE_S = 0.01  # auto reads the write counts at most this often
 MIN_SPAN_S = 0.1  # auto judges a rate over at least this long
 POLL_S = 0.05  # a paced copy loop wakes at least this often (to relieve pressure, to notice a failure)
 
 Clock = Callable[[], float]
 WriteCount = Callable[[], "tuple[float, int] | None"]  # (when, writes admitted so far), or None: not known
+PulseCount = Callable[[], "tuple[float, int, int] | None"]  # the last pulse: (when, writes, chunks saved)
 
 
 @dataclass(frozen=True)
@@ -133,36 +140,54 @@ class TokenBucket:
 
 
 class WriteWatch:
-    """Whether any subsystem is busy with application writes: COUNTS, one per subsystem, each
-    giving (when, mutations admitted so far) or None; busy while one of them rose by at least
-    AUTO_BUSY_WRITES_PER_S over the samples of the last AUTO_WINDOW_S."""
+    """Whether the copy should yield to the applications' writes. SOURCES, one per subsystem:
+    its write count (when, mutations admitted so far) and its last pulse (when, mutations
+    admitted, chunks saved by copy-before-write), each None when not known. Yield while some
+    subsystem admits at least AUTO_BUSY_WRITES_PER_S over the last AUTO_WINDOW_S and no
+    subsystem's writes are saving chunks (at least one save per AUTO_WRITES_PER_SAVE writes,
+    or not known yet: the pulses of a whole window are needed to tell)."""
 
-    def __init__(self, counts: list[WriteCount], clock: Clock):
-        self.counts = counts
+    def __init__(self, sources: "list[tuple[WriteCount, PulseCount]]", clock: Clock):
+        self.sources = sources
         self.clock = clock
-        self._samples: list[deque[tuple[float, int]]] = [deque() for _ in counts]
+        self._counts: list[deque[tuple[float, int]]] = [deque() for _ in sources]
+        self._pulses: list[deque[tuple[float, int, int]]] = [deque() for _ in sources]
         self._sampled_at = float("-inf")
-        self._busy = False
+        self._yield = False
 
-    def busy(self) -> bool:
+    def should_yield(self) -> bool:
         now = self.clock()
         if now - self._sampled_at < SAMPLE_S:
-            return self._busy
+            return self._yield
         self._sampled_at = now
-        self._busy = False
-        for count, samples in zip(self.counts, self._samples, strict=True):
+        busy = saving = False
+        for (count, pulse), counts, pulses in zip(self.sources, self._counts, self._pulses, strict=True):
             seen = count()
-            if seen is None:
+            if seen is not None:
+                (t0, n0), (t1, n1) = _window(counts, seen, now - AUTO_WINDOW_S)
+                # Over a short span (the copy's first samples) a few writes are no rate yet.
+                busy = busy or n1 - n0 >= AUTO_BUSY_WRITES_PER_S * max(t1 - t0, MIN_SPAN_S)
+            heard = pulse()
+            if heard is None:
+                saving = True  # a subsystem that does not say: never slow its copy down
                 continue
-            if not samples or seen[0] != samples[-1][0]:  # a pulse not heard again
-                samples.append(seen)
-            while len(samples) > 1 and samples[1][0] <= now - AUTO_WINDOW_S:
-                samples.popleft()  # the first sample left is the last one at or before the window
-            (t0, n0), (t1, n1) = samples[0], samples[-1]
-            # Over a short span (the copy's first samples) a few writes are no rate yet.
-            if n1 - n0 >= AUTO_BUSY_WRITES_PER_S * max(t1 - t0, MIN_SPAN_S):
-                self._busy = True
-        return self._busy
+            # Pulses come every quarter lease, at most 0.5 s apart: two windows hold two of them.
+            first, last = _window(pulses, heard, now - 2 * AUTO_WINDOW_S)
+            saves, writes = last[2] - first[2], last[1] - first[1]
+            saving = saving or first is last or (saves > 0 and saves * AUTO_WRITES_PER_SAVE >= writes)
+        self._yield = busy and not saving
+        return self._yield
+
+
+def _window(samples: "deque[Any]", seen: "Any", start: float) -> "tuple[Any, Any]":
+    """Add SEEN (a tuple whose first item is when) to SAMPLES unless it is the last one again (a
+    pulse not renewed yet); keep the last sample at or before START and all after it. Returns
+    the first and last kept."""
+    if not samples or seen[0] != samples[-1][0]:
+        samples.append(seen)
+    while len(samples) > 1 and samples[1][0] <= start:
+        samples.popleft()
+    return samples[0], samples[-1]
 
 
 class Pacer:
@@ -185,10 +210,10 @@ class Pacer:
 
     def _follow_writes(self) -> None:
         if self.watch is not None:
-            busy = self.watch.busy()
-            if busy and self.bucket.rate is None:
+            yielding = self.watch.should_yield()
+            if yielding and self.bucket.rate is None:
                 self.yielded += 1
-            self.bucket.set_rate(AUTO_FLOOR if busy else None)
+            self.bucket.set_rate(AUTO_FLOOR if yielding else None)
 
     def admit(self, n: int) -> bool:
         """Whether a read of N bytes may be issued now (then it is counted)."""
@@ -217,11 +242,12 @@ def pacer_for(rate: Rate, readers: "Mapping[str, ViewReader]", owner: "Mapping[s
     by_member: dict[int, list[str]] = {}
     for export in readers:
         by_member.setdefault(id(owner[export]), []).append(export)
-    counts: list[WriteCount] = []
+    sources: list[tuple[WriteCount, PulseCount]] = []
     for exports in by_member.values():
         local = [r.local for e in exports if (r := readers[e]).local is not None]
-        counts.append(_mapped(local) if len(local) == len(exports) else _pulsed(owner[exports[0]]))
-    return Pacer(rate, WriteWatch(counts, time.monotonic))
+        m = owner[exports[0]]
+        sources.append((_mapped(local) if len(local) == len(exports) else _pulsed(m), _pulse(m)))
+    return Pacer(rate, WriteWatch(sources, time.monotonic))
 
 
 def _mapped(local: "list[LocalRead]") -> WriteCount:
@@ -232,5 +258,12 @@ def _mapped(local: "list[LocalRead]") -> WriteCount:
 
 def _pulsed(member: "Member") -> WriteCount:
     def count() -> tuple[float, int] | None:
-        return member.writes
+        pulse = member.writes
+        return None if pulse is None else (pulse[0], pulse[1])
     return count
+
+
+def _pulse(member: "Member") -> PulseCount:
+    def pulse() -> tuple[float, int, int] | None:
+        return member.writes
+    return pulse

@@ -152,9 +152,10 @@ def register(subparsers: Subparsers) -> None:
                  "(100 ms to 2 min)")
     setting(p, "--rate", key="rate", default="max", metavar="max|auto|RATE",
             help="how fast the copy reads the disks: max; RATE bytes per second as a size (200M is 200 MiB/s), "
-                 "after a first tenth of a second at full speed; auto: full speed while applications are not "
-                 "writing, 64 MiB/s while they are. Time zero is never slowed, and chunks saved by copy-before-write "
-                 "are fetched at once when the subsystem runs short of room, whatever the rate")
+                 "after a first tenth of a second at full speed; auto: 64 MiB/s while applications write 200 times "
+                 "a second or more without those writes saving chunks, else full speed. Time zero is never slowed, "
+                 "and chunks saved by copy-before-write are fetched at once when the subsystem runs short of room, "
+                 "whatever the rate")
     setting(p, "--read-path", key="read-path", default="auto", choices=("auto", "nbd"),
             help="auto: read each view straight from its device when this host serves it, else over NBD; "
                  "nbd: always over NBD")

@@ -48,7 +48,7 @@ def test_backup_rate_comes_from_the_environment_and_a_bad_one_is_one_line(tmp_pa
 
 
 class Writer(threading.Thread):
-    """Writes 4 KiB blocks to random places of EXPORT as fast as it can, until stopped."""
+    """Writes 4 KiB blocks all over the first SIZE bytes of EXPORT as fast as it can, until stopped."""
 
     def __init__(self, socket: str, export: str, size: int, pace_s: float = 0.0):
         super().__init__(daemon=True)
@@ -80,9 +80,11 @@ class Writer(threading.Thread):
 
 @pytest.mark.parametrize("read_path", ["auto", "nbd"])  # the write count from the mapping, or from pulses
 def test_backup_at_rate_auto_yields_to_a_continuous_writer_and_completes(tmp_path, serve, read_path):
+    """The writer keeps to its first MiB: once those 16 chunks are saved, its writes cost no
+    copy-before-write, so auto yields to it (rate.py) and still completes at its floor."""
     make_image(tmp_path / "a.img", 64 * MiB, seed=5)
     sub = serve("s", {"a": tmp_path / "a.img"})
-    writer = Writer(sub.socket, "a", 64 * MiB)
+    writer = Writer(sub.socket, "a", MiB)
     writer.start()
     try:
         wait_for(lambda: writer.writes >= 200, 30, "the writer to get going")
@@ -98,10 +100,10 @@ def test_backup_at_rate_auto_yields_to_a_continuous_writer_and_completes(tmp_pat
 
 
 def test_pressure_is_relieved_at_once_under_a_low_rate_and_the_side_store_never_overflows(tmp_path, serve):
-    """The side store holds 256 KiB of memory and at most 256 KiB of spill (a small tmpfs when
-    this runs as root): 8 chunks. The writer saves a new chunk every 60 ms (pressure is heard
-    with every pulse, every 0.25 s with a 1 s lease), 128 of them over a copy that --rate 2M
-    stretches to about 8 s; only fetching them at once keeps the side store from filling."""
+    """The side store holds 512 KiB of memory and at most 256 KiB of spill (a small tmpfs when
+    this runs as root): 12 chunks. The writer saves a new chunk every 100 ms (pressure is heard
+    with every pulse, every 0.25 s with a 1 s lease) over a copy that --rate 2M stretches to
+    seconds; only fetching them at once keeps the side store from filling."""
     size = 16 * MiB
     initial = make_image(tmp_path / "a.img", size, seed=6)
     side = tmp_path / "side"
@@ -109,7 +111,7 @@ def test_pressure_is_relieved_at_once_under_a_low_rate_and_the_side_store_never_
     mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs",
                                                     str(side)]).returncode == 0
     try:
-        sub = serve("s", {"a": tmp_path / "a.img"}, "--chunk", "64K", "--side-memory", "256K",
+        sub = serve("s", {"a": tmp_path / "a.img"}, "--chunk", "64K", "--side-memory", "512K",
                     "--side-dir", side)
         h = connect_unix(sub.socket, "a")
         with subprocess.Popen([*TZERO, "backup", "-s", sub.control, "-o", tmp_path / "out.tzb", "--json",
@@ -118,7 +120,7 @@ def test_pressure_is_relieved_at_once_under_a_low_rate_and_the_side_store_never_
             wait_for(lambda: (sub.status()["session"] or {}).get("phase") == "active", 30, "an active session")
             for c in range(size // (64 << 10) - 1, 0, -2):  # from the end: chunks the in-order copy reaches last
                 h.pwrite(bytes([c % 251 + 1]) * 4096, c * (64 << 10) + 512)
-                time.sleep(0.06)
+                time.sleep(0.1)
                 if proc.poll() is not None:
                     break
             out, err = proc.communicate(120)
@@ -128,8 +130,8 @@ def test_pressure_is_relieved_at_once_under_a_low_rate_and_the_side_store_never_
         if mounted:
             subprocess.run(["umount", "-l", str(side)], check=False)
     summary = last_json(out)
-    assert summary["chunks_cow"] >= 50, "the writer saved chunks throughout the copy"
-    assert summary["chunks_opportunistic"] >= 20, "pressure had saved chunks fetched ahead of the paced stream"
+    assert summary["chunks_cow"] >= 30, "the writer saved chunks throughout the copy, far beyond 12"
+    assert summary["chunks_opportunistic"] >= 10, "pressure had saved chunks fetched ahead of the paced stream"
     # At least half the export is read in order (the writer saves every other chunk at most): >= 4 s at 2M.
     assert summary["elapsed_s"] >= 3.0, "the rate held the in-order copy back all the while"
     assert restored(tmp_path, tmp_path / "out.tzb", "a") == initial

@@ -1,6 +1,6 @@
 """--rate's pacing policy against a fake clock: the grammar, the token bucket (a burst of one
 slice, then the rate, debt for a read larger than what is left), auto's yielding to busy
-writers and its floor, and the copy loop's wait."""
+writers that save no chunks and its floor, and the copy loop's wait."""
 
 import pytest
 
@@ -8,6 +8,7 @@ from controller.backup.rate import (
     AUTO_BUSY_WRITES_PER_S,
     AUTO_FLOOR,
     AUTO_WINDOW_S,
+    AUTO_WRITES_PER_SAVE,
     MIN_BURST,
     POLL_S,
     SLICE_S,
@@ -110,61 +111,96 @@ def test_bucket_switched_from_unlimited_starts_full():
 
 
 class Counter:
-    """A subsystem's write count as the controller sees it: (when, count)."""
+    """A subsystem's write count as the controller sees it (when, count), and its pulses: (when,
+    writes, chunks saved), renewed when pulse() is called."""
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.writes = 0
         self.writes_at = lambda: self.writes
+        self.saves = 0
         self.known = True
+        self.last_pulse = None
 
     def __call__(self):
         return (self.clock(), self.writes_at()) if self.known else None
 
+    def pulse(self) -> None:
+        self.last_pulse = (self.clock(), self.writes_at(), self.saves) if self.known else None
 
-def test_watch_is_busy_while_writes_come_at_the_threshold_and_quiet_after_the_window():
+    def source(self):
+        return self, lambda: self.last_pulse
+
+
+def run(watch: WriteWatch, counter: Counter, clock: Clock, seconds: float, writes_per_s: int,
+        saves_per_s: int = 0) -> bool:
+    """SECONDS of writes at a steady rate, a pulse every 0.25 s; the watch's last verdict."""
+    for i in range(int(seconds * 100)):
+        clock.now += 0.01
+        counter.writes += writes_per_s // 100
+        counter.saves += saves_per_s // 100
+        if i % 25 == 24:
+            counter.pulse()
+        verdict = watch.should_yield()
+    return verdict
+
+
+def test_watch_yields_to_busy_writes_that_save_nothing_and_stops_after_the_window():
     clock = Clock()
     counter = Counter(clock)
-    watch = WriteWatch([counter], clock)
-    for _ in range(50):  # 0.5 s at twice the threshold
-        clock.now += 0.01
-        counter.writes += AUTO_BUSY_WRITES_PER_S * 2 // 100
-        watch.busy()
-    assert watch.busy()
+    watch = WriteWatch([counter.source()], clock)
+    assert run(watch, counter, clock, 1.0, AUTO_BUSY_WRITES_PER_S * 2)
     clock.now += AUTO_WINDOW_S + 0.02  # no writes for a whole window
-    assert not watch.busy()
+    counter.pulse()
+    assert not watch.should_yield()
+
+
+def test_watch_does_not_yield_to_writes_that_save_chunks():
+    clock = Clock()
+    counter = Counter(clock)
+    watch = WriteWatch([counter.source()], clock)
+    writes = AUTO_BUSY_WRITES_PER_S * 10
+    assert not run(watch, counter, clock, 2.0, writes, saves_per_s=2 * writes // AUTO_WRITES_PER_SAVE), \
+        "copying sooner spares the writers copy-before-write"
+    assert run(watch, counter, clock, 1.0, writes), "their chunks all saved: now the copy yields"
+
+
+def test_watch_does_not_yield_before_two_pulses_tell_what_the_writes_cost():
+    clock = Clock()
+    counter = Counter(clock)
+    watch = WriteWatch([counter.source()], clock)
+    assert not run(watch, counter, clock, 0.2, AUTO_BUSY_WRITES_PER_S * 10)
 
 
 def test_watch_is_quiet_under_a_trickle_of_writes():
     clock = Clock()
     counter = Counter(clock)
-    watch = WriteWatch([counter], clock)
-    for i in range(200):  # 2 s at a quarter of the threshold
-        clock.now += 0.01
-        if i % 4 == 0:
-            counter.writes += AUTO_BUSY_WRITES_PER_S // 100
-        assert not watch.busy()
+    watch = WriteWatch([counter.source()], clock)
+    assert not run(watch, counter, clock, 2.0, AUTO_BUSY_WRITES_PER_S // 4)
 
 
-def test_watch_reads_pulses_that_come_seldom_and_ignores_unknown_counts():
+def test_watch_reads_pulses_alone_when_that_is_all_a_subsystem_gives():
     clock = Clock()
-    pulse = {"at": clock.now, "writes": 0}
-    silent = Counter(clock)
-    silent.known = False  # a subsystem that does not say
-    watch = WriteWatch([lambda: (pulse["at"], pulse["writes"]), silent], clock)
-    for _ in range(4):  # a pulse every 0.25 s, 1000 writes a second between them
-        clock.now += 0.25
-        pulse["at"], pulse["writes"] = clock.now, pulse["writes"] + 250
-        watch.busy()
-    assert watch.busy()
+    counter = Counter(clock)
+    watch = WriteWatch([(lambda: None if counter.last_pulse is None else counter.last_pulse[:2],
+                         lambda: counter.last_pulse)], clock)
+    assert run(watch, counter, clock, 1.5, AUTO_BUSY_WRITES_PER_S * 4)
+
+
+def test_watch_never_yields_for_a_subsystem_that_does_not_count():
+    clock = Clock()
+    busy, silent = Counter(clock), Counter(clock)
+    silent.known = False  # an older subsystem: no count, no pulse field
+    watch = WriteWatch([busy.source(), silent.source()], clock)
+    assert not run(watch, busy, clock, 1.5, AUTO_BUSY_WRITES_PER_S * 4)
 
 
 def test_watch_samples_at_most_every_few_milliseconds():
     clock = Clock()
     looks = []
-    watch = WriteWatch([lambda: looks.append(1) or (clock.now, 0)], clock)
+    watch = WriteWatch([(lambda: looks.append(1) or (clock.now, 0), lambda: None)], clock)
     for _ in range(100):
-        watch.busy()
+        watch.should_yield()
     assert len(looks) == 1
 
 
@@ -188,7 +224,8 @@ def test_pacer_ready_sleeps_at_most_a_poll_and_counts_the_wait():
 def test_pacer_auto_reads_at_full_speed_while_quiet_and_at_the_floor_while_busy():
     clock = Clock()
     counter = Counter(clock)
-    pacer = Pacer(Rate("auto"), WriteWatch([counter], clock), clock=clock, sleep=clock.sleep)
+    fresh = (counter, lambda: (clock.now, counter.writes_at(), 0))  # pulses as often as it looks, no saves
+    pacer = Pacer(Rate("auto"), WriteWatch([fresh], clock), clock=clock, sleep=clock.sleep)
     assert drain(pacer.admit, clock, 1.0) >= 4000 * MiB, "quiet: every request goes"
     assert pacer.yielded == 0
 
