@@ -171,11 +171,12 @@ def fio(uri: str, runtime_s: float) -> dict:
 class FioLoad:
     """fio (FIO_NOTE) in the background with a 100 ms IOPS log, until stop()."""
 
-    def __init__(self, uri: str, tag: str, limit_s: float = 120):
+    def __init__(self, uri: str, tag: str, limit_s: float = 120, extra: tuple[str, ...] = ()):
+        """EXTRA: more fio options (e.g. --size=64M: only the first 64 MiB)."""
         self.prefix = os.path.join(workdir("run"), f"fio-{tag}")
         self.log = f"{self.prefix}_iops.1.log"
         _remove(self.log)
-        self.proc = subprocess.Popen(["fio", *FIO_JOB, f"--uri={uri}", "--time_based", f"--runtime={limit_s}s",
+        self.proc = subprocess.Popen(["fio", *FIO_JOB, *extra, f"--uri={uri}", "--time_based", f"--runtime={limit_s}s",
                                       f"--write_iops_log={self.prefix}", "--log_avg_msec=100"],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=workdir("run"))
         time.sleep(0.5)  # connected and running

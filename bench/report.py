@@ -387,6 +387,11 @@ def main() -> int:
         from bench import s3 as s3_bench
 
         lines += s3_bench.report_section(s3)
+    rate = load("rate")
+    if rate:
+        from bench import rate as rate_bench
+
+        lines += rate_bench.report_section(rate)
     lines += NOTES.splitlines()
     with open(OUT, "w") as out:
         out.write("\n".join(lines).rstrip() + "\n")
