@@ -10,8 +10,9 @@ flight have drained; a mutation that arrives later waits until the process ends,
 never applied (nor acknowledged) after the change maps were saved.
 
 Lock: `_lock` (shared by `_cond`) guards `_frozen`, `_sealed`, `_inflight`, `_deadline`,
-`_closed_at` and the count behind `writes`. Every application write passes here twice, so the open gate costs one plain
-lock round trip each way: the condition is only waited on or notified while frozen.
+`_closed_at` and the count behind `writes`. Every application write passes here twice, so
+the open gate costs one plain lock round trip each way: the condition is only waited on or
+notified while frozen.
 """
 
 import threading

@@ -24,10 +24,12 @@ replies, docs/control-protocol.md), which also says how many chunks copy-before-
 saved. While some subsystem of the backup admits at least AUTO_BUSY_WRITES_PER_S writes a
 second over the last AUTO_WINDOW_S, the copier yields: it reads at AUTO_FLOOR, the floor
 that keeps the backup going however long the writers write. But not while those writes
-save chunks (one in AUTO_WRITES_PER_SAVE or more, or not known yet): then each chunk
+save chunks (one in AUTO_WRITES_PER_SAVE or more, or not known before the first pulse,
+which a heartbeat or the first release brings): then each chunk
 copied sooner is a copy-before-write the applications no longer pay, and a slower copy
 would make them save nearly every chunk and fill the side store (bench/rate.py measured
-it: 3-5 times the saves under fio at a low rate). Otherwise it reads at full speed.
+up to 4.8 times the saves of max under fio over a whole disk when auto yielded to any busy
+writer). Otherwise it reads at full speed.
 Pressure still wins, as above.
 
 Pacer is used by the copy loop only (copier.py), and reads nothing it does not own but the
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
     from controller.backup.view_reader import ViewReader
 
 SLICE_S = 0.1  # the burst a fixed rate allows: this long at the rate
-MIN_RATE = 1 << 20  # --rate below 1 MiB/s is refused: a 1 GiB disk would take 18 minutes per MiB/s less
+MIN_RATE = 1 << 20  # --rate below 1 MiB/s is refused (1 GiB would take over 17 minutes at 1 MiB/s already)
 MIN_BURST = 1 << 20  # the bucket holds at least one request, so a read never waits for tokens it cannot hold
 AUTO_FLOOR = 64 << 20  # auto's rate while writers are busy
 AUTO_WINDOW_S = 0.5  # auto looks at the writes of this long: at least a heartbeat interval, so pulses show
@@ -144,14 +146,15 @@ class WriteWatch:
     its write count (when, mutations admitted so far) and its last pulse (when, mutations
     admitted, chunks saved by copy-before-write), each None when not known. Yield while some
     subsystem admits at least AUTO_BUSY_WRITES_PER_S over the last AUTO_WINDOW_S and no
-    subsystem's writes are saving chunks (at least one save per AUTO_WRITES_PER_SAVE writes,
-    or not known yet: the pulses of a whole window are needed to tell)."""
+    subsystem's writes are saving chunks (at least one save per AUTO_WRITES_PER_SAVE writes
+    over the pulses of the last two windows, or not known yet: before its first pulse). A
+    pulse counts from the session's open, so the copy's start is a sample too: (now, 0, 0)."""
 
     def __init__(self, sources: "list[tuple[WriteCount, PulseCount]]", clock: Clock):
         self.sources = sources
         self.clock = clock
         self._counts: list[deque[tuple[float, int]]] = [deque() for _ in sources]
-        self._pulses: list[deque[tuple[float, int, int]]] = [deque() for _ in sources]
+        self._pulses: list[deque[tuple[float, int, int]]] = [deque([(clock(), 0, 0)]) for _ in sources]
         self._sampled_at = float("-inf")
         self._yield = False
 
@@ -191,8 +194,9 @@ def _window(samples: "deque[Any]", seen: "Any", start: float) -> "tuple[Any, Any
 
 
 class Pacer:
-    """The copy loop's pacing: admit(n) before each read in stream order, wait() while the
-    head of the stream is held back. RATE as parsed; WATCH: the write counts (auto only)."""
+    """The copy loop's pacing: admit(n) before each read in stream order (the scheduler asks),
+    ready() while the head of the stream waits for its read. RATE as parsed; WATCH: the write
+    counts (auto only)."""
 
     def __init__(self, rate: Rate, watch: WriteWatch | None = None, clock: Clock = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep):

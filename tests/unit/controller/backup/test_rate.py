@@ -165,11 +165,14 @@ def test_watch_does_not_yield_to_writes_that_save_chunks():
     assert run(watch, counter, clock, 1.0, writes), "their chunks all saved: now the copy yields"
 
 
-def test_watch_does_not_yield_before_two_pulses_tell_what_the_writes_cost():
+def test_watch_does_not_yield_before_a_pulse_tells_what_the_writes_cost():
     clock = Clock()
     counter = Counter(clock)
     watch = WriteWatch([counter.source()], clock)
     assert not run(watch, counter, clock, 0.2, AUTO_BUSY_WRITES_PER_S * 10)
+    counter.pulse()  # the first: counted from the session's open, so it tells alone
+    clock.now += 0.01
+    assert watch.should_yield()
 
 
 def test_watch_is_quiet_under_a_trickle_of_writes():
