@@ -56,6 +56,7 @@ class CopySummary(CopierStats):
     stored_bytes: int
     rate: str  # --rate as taken: max, auto, or N MiB/s
     rate_waited_s: float  # how long the copy waited for --rate
+    rate_yields: int  # --rate auto: how often it turned to its floor for the applications' writes
 
 
 class Summary(CopySummary):
@@ -361,6 +362,7 @@ def _copy(args: argparse.Namespace, group: ConsistencyGroup, plan: Plan, chunk: 
         "stored_bytes": written["stored_bytes"],
         "rate": str(args.rate),
         "rate_waited_s": round(copier.pacer.waited_s, 3),
+        "rate_yields": copier.pacer.yielded,
         **copied,
     }
 

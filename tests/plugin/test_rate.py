@@ -84,17 +84,20 @@ def test_backup_at_rate_auto_yields_to_a_continuous_writer_and_completes(tmp_pat
     copy-before-write, so auto yields to it (rate.py) and still completes at its floor."""
     make_image(tmp_path / "a.img", 64 * MiB, seed=5)
     sub = serve("s", {"a": tmp_path / "a.img"})
-    writer = Writer(sub.socket, "a", MiB)
-    writer.start()
+    writers = [Writer(sub.socket, "a", MiB) for _ in range(2)]  # two connections: busy even on a loaded host
+    for w in writers:
+        w.start()
     try:
-        wait_for(lambda: writer.writes >= 200, 30, "the writer to get going")
+        wait_for(lambda: sum(w.writes for w in writers) >= 400, 30, "the writers to get going")
         summary = backup(sub, tmp_path / "out.tzb", "--rate", "auto", "--read-path", read_path,
                          "--lease", "1s")  # a pulse every 0.25 s
-        assert writer.is_alive(), "the writer went on throughout"
+        assert all(w.is_alive() for w in writers), "the writers went on throughout"
     finally:
-        writer.finish()
+        for w in writers:
+            w.finish()
     assert summary["rate"] == "auto"
-    assert summary["rate_waited_s"] > 0, "the copy yielded to the writer"
+    # Whether it then waited depends on how fast this host copies (the floor is 64 MiB/s).
+    assert summary["rate_yields"] >= 1, "the copy turned to its floor for the writers"
     assert summary["bytes_read"] >= 64 * MiB
     tzero("verify", tmp_path / "out.tzb")
 
