@@ -147,14 +147,16 @@ class WriteWatch:
     admitted, chunks saved by copy-before-write), each None when not known. Yield while some
     subsystem admits at least AUTO_BUSY_WRITES_PER_S over the last AUTO_WINDOW_S and no
     subsystem's writes are saving chunks (at least one save per AUTO_WRITES_PER_SAVE writes
-    over the pulses of the last two windows, or not known yet: before its first pulse). A
-    pulse counts from the session's open, so the copy's start is a sample too: (now, 0, 0)."""
+    over the pulses of the last two windows, or not known yet: before its first pulse)."""
 
     def __init__(self, sources: "list[tuple[WriteCount, PulseCount]]", clock: Clock):
         self.sources = sources
         self.clock = clock
-        self._counts: list[deque[tuple[float, int]]] = [deque() for _ in sources]
-        self._pulses: list[deque[tuple[float, int, int]]] = [deque([(clock(), 0, 0)]) for _ in sources]
+        # Both count from the session's open (the header's word starts at zero, so do a pulse's
+        # counts): the copy's start is a sample of each, so one look or one pulse tells a rate.
+        start = clock()
+        self._counts: list[deque[tuple[float, int]]] = [deque([(start, 0)]) for _ in sources]
+        self._pulses: list[deque[tuple[float, int, int]]] = [deque([(start, 0, 0)]) for _ in sources]
         self._sampled_at = float("-inf")
         self._yield = False
 
