@@ -17,6 +17,9 @@ from helpers import wait_for
 
 SIZE = 8 << 20
 SESSION = ("--lease", "1000", "--freeze-deadline", "500", "--host-memory", "8M")
+# Where the lease and the freeze deadline are not what a test is about, they are the longest
+# allowed, so that a loaded machine's delay between two looks cannot end the session first.
+PATIENT_SESSION = ("--lease", "120000", "--freeze-deadline", "30000", "--host-memory", "8M")
 # The request a proxy holds to stop the controller in each phase: while it waits for the reply
 # to `freeze` the session is open; to `thaw`, every gate is closed; to `release`, the copy runs.
 PHASES = {"open": "freeze", "frozen": "thaw", "copying": "release"}
@@ -53,7 +56,7 @@ def test_controller_killed_outright(case, phase):
     sub, load = served(case)
     proxy = ControlProxy(sub.control, case.dir / "proxy.ctl", hold=PHASES[phase])
     out = case.dir / "b.tzb"
-    proc = case.spawn("backup", "-s", proxy.path, "-o", out, "--no-progress", *SESSION)
+    proc = case.spawn("backup", "-s", proxy.path, "-o", out, "--no-progress", *PATIENT_SESSION)
     try:
         assert proxy.held.wait(60), f"the controller reached {PHASES[phase]}"
         assert sub.status()["session"]["phase"] == {"open": "open", "frozen": "frozen", "copying": "active"}[phase]
