@@ -91,8 +91,10 @@ class StorageDaemon:
                "--monitor", "chardev=qmp",
                "--nbd-server", f"addr.type=unix,addr.path={self.socket}"]
         for n, p in exports.items():
-            # The page cache, like the tzero plugin and nbdkit's file plugin.
-            cmd += ["--blockdev", f"driver=file,node-name={n},filename={p},cache.direct=off",
+            # The page cache, like the tzero plugin and nbdkit's file plugin. No image locks: a
+            # benchmark serves the same file from tzero and QSD at once (one used at a time), and
+            # a subsystem holds QEMU's write lock on what it serves (nbdplugin/imagelock.py).
+            cmd += ["--blockdev", f"driver=file,node-name={n},filename={p},cache.direct=off,locking=off",
                     "--export", f"type=nbd,id=export-{n},node-name={n},name={n},writable=on"]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None)
         deadline = time.monotonic() + START_TIMEOUT_S

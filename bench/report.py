@@ -66,7 +66,7 @@ def machine_section(m: dict) -> list[str]:
             "again and again, so that load hits both alike)", ""]
 
 
-def targets(core, ses, wc, mem) -> list[str]:
+def targets(core, ses, wc, mem, fb=None) -> list[str]:
     rows = []
     if ses:
         t = ses["two_exports"]["tzero"]
@@ -98,6 +98,14 @@ def targets(core, ses, wc, mem) -> list[str]:
         q = better(s, "backup_mib_s_idle", low=False, among=QSD_FILE)
         r = s["tzero-file"]["backup_mib_s_idle"] / s[q]["backup_mib_s_idle"]
         rows.append([f"... both writing a file ({LABEL[q]})", f"{f(r)} x", verdict(r > 1)])
+    if fb:
+        s = fb["summary"]
+        rows.append(["idle backup of 2 x 1 GiB into a file >= 0.9 of `cat` into the same file (whole command)",
+                     f(s["vs_cat_wall"]), verdict(s["vs_cat_wall"] >= 0.9)])
+        rows.append(["... the same, by tzero's own elapsed time", f(s["vs_cat_elapsed"]),
+                     verdict(s["vs_cat_elapsed"] >= 0.9)])
+        rows.append(["... faster than QSD (max-workers=1) into raw files (whole command)", f"{f(s['vs_qsd_wall'])} x",
+                     verdict(s["vs_qsd_wall"] > 1)])
     if mem:
         m = mem["memory"]
         rows.append(["plugin RSS <= side-memory + 64 MiB",
@@ -323,6 +331,28 @@ def net_section(net: dict) -> list[str]:
          "nbdcopy MiB/s", "backup / nbdcopy"], rows)
 
 
+def filebackup_section(fb: dict) -> list[str]:
+    s = fb["summary"]
+    load_note = ", ".join(f(x) for x in fb["machine"]["load_at_start"])
+    rows = [["into a file (in place)", f(s["tzero_wall_s"]), f(s["tzero_elapsed_s"]), f(s["cat_s"]),
+             f(s["qsd_mw1_s"]), f"{f(s['vs_cat_wall'])} / {f(s['vs_cat_elapsed'])}",
+             " ".join(f(x) for x in s["vs_cat_wall_rounds"]),
+             f"{f(s['vs_qsd_wall'])} / {f(s['vs_qsd_elapsed'])}"],
+            ["into a pipe (`cat > /dev/null`)", f(s["tzero_pipe_wall_s"]), f(s["tzero_pipe_elapsed_s"]),
+             f(s["cat_pipe_s"]), "-", f"{f(s['pipe_vs_cat_wall'])} / {f(s['pipe_vs_cat_elapsed'])}",
+             " ".join(f(x) for x in s["pipe_vs_cat_wall_rounds"]), "-"]]
+    return ["## 10. Idle backup into a file (bench/filebackup.py)", "",
+            f"One subsystem serving two idle {fb['export_bytes'] >> 30} GiB images (incompressible, no zeros); "
+            "`tzero backup -o -` with its output a file opened without O_TRUNC (made once, written fully once "
+            "by an untimed run, then overwritten in place, never synced), against `cat` of the two images into "
+            "the same file the same way (the limit of moving those bytes here) and QSD's two sync=full backup "
+            "jobs (one transaction, max-workers=1) into raw files; then tzero and cat into a pipe whose reader "
+            f"throws the bytes away. Means of {fb['rounds']} rounds ({fb['order']}), each run after an "
+            f"untimed sync. Ratios are speeds (peer time / tzero time). Load average at the start: {load_note}.",
+            ""] + table(["", "tzero wall s", "tzero elapsed s", "cat s", "QSD (max-workers=1) s",
+                         "vs cat: wall / elapsed", "vs cat (wall) by round", "vs QSD: wall / elapsed"], rows)
+
+
 def incremental_section(inc: dict) -> list[str]:
     s = inc["summary"]
     lines = ["## 8. Incremental backups", "",
@@ -356,6 +386,7 @@ def incremental_section(inc: dict) -> list[str]:
 def main() -> int:
     core, ses, wc, mem, tl, net = (load(n) for n in ("core", "sessions", "writecost", "memory", "timeline", "net"))
     inc = load("incremental")
+    fb = load("filebackup")
     machine = (core or {}).get("machine")
     lines = ["# Benchmarks", "",
              f"Written by `make bench` (bench/report.py) on {datetime.date.today().isoformat()} from "
@@ -363,7 +394,7 @@ def main() -> int:
              "same run, interleaved. Benchmarks, not tests: the figures move with the machine's load.", ""]
     if machine:
         lines += machine_section(machine)
-    lines += targets(core, ses, wc, mem)
+    lines += targets(core, ses, wc, mem, fb)
     if core:
         lines += core_section(core)
     if ses:
@@ -382,6 +413,8 @@ def main() -> int:
         lines += net_section(net)
     if inc:
         lines += incremental_section(inc)
+    if fb:
+        lines += filebackup_section(fb)
     s3 = load("s3")
     if s3:
         from bench import s3 as s3_bench

@@ -1,6 +1,7 @@
 """`make bench`: every benchmark in one run, then BENCHMARKS.md and the plot.
 
-    python bench/run.py [--skip NAME ...]    NAME: core, sessions, writecost, memory, net, incremental, s3, rate
+    python bench/run.py [--skip NAME ...]    NAME: core, sessions, writecost, memory, net, incremental, s3, rate,
+                                             filebackup
 
 Work files live in BENCH_DIR (default /var/tmp/tzero-bench) and are written once per
 run, then overwritten in place (see bench/common.py for why); they are removed at
@@ -15,12 +16,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import core, incremental, memory, net, rate, report, s3, sessions, writecost  # noqa: E402
+from bench import core, filebackup, incremental, memory, net, rate, report, s3, sessions, writecost  # noqa: E402
 from bench.common import WORK, need, say  # noqa: E402
 
 STEPS = {"core": lambda: core.main([]), "sessions": sessions.main, "writecost": writecost.main,
          "memory": memory.main, "net": lambda: net.main([]), "incremental": incremental.main,
-         "s3": s3.main, "rate": rate.main}
+         "s3": s3.main, "rate": rate.main, "filebackup": lambda: filebackup.main([])}
 
 
 def main() -> int:
