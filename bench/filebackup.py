@@ -18,7 +18,10 @@ Every output file is made once, written fully once by an untimed run, and then o
 place, never synced by the runs themselves; every timed run starts from an `os.sync()` (untimed)
 so that none pays for the writeback of the run before it.
 
-    python bench/filebackup.py [--rounds N]
+    python bench/filebackup.py [--rounds N] [--baseline DIR]
+
+--baseline DIR adds another tzero (a checkout of an earlier version at DIR, run with this
+interpreter) into the same rounds, right after ours: "baseline" and "baseline-pipe".
 """
 
 import argparse
@@ -49,14 +52,15 @@ def _drain() -> subprocess.Popen:
     return subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
 
 
-def tzero(control: str, to: str | None) -> dict:
-    """`tzero backup -o -` into the file TO (in place) or, with None, into a pipe; wall and elapsed."""
+def tzero(control: str, to: str | None, checkout: str = REPO) -> dict:
+    """`tzero backup -o -` (from CHECKOUT) into the file TO (in place) or, with None, into a pipe;
+    wall and elapsed."""
     cmd = [*TZERO, "backup", "-s", control, "-o", "-", "--json", "--no-progress"]
     drain = _drain() if to is None else None
     out = _stdout_file(to) if to is not None else drain.stdin
     with open(os.path.join(workdir("run"), "filebackup.err"), "w+") as err:
         started = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=checkout)
         if to is not None:
             os.close(out)
         else:
@@ -104,6 +108,21 @@ def mean(xs) -> float:
 
 
 def summarise(runs: dict) -> dict:
+    out = _summary(runs)
+    if "baseline" in runs:
+        base = mean(r["elapsed_s"] for r in runs["baseline"]) / out["tzero_elapsed_s"]
+        base_pipe = mean(r["elapsed_s"] for r in runs["baseline-pipe"]) / out["tzero_pipe_elapsed_s"]
+        out.update(baseline_wall_s=mean(r["wall_s"] for r in runs["baseline"]),
+                   baseline_elapsed_s=mean(r["elapsed_s"] for r in runs["baseline"]),
+                   baseline_pipe_elapsed_s=mean(r["elapsed_s"] for r in runs["baseline-pipe"]),
+                   vs_baseline_elapsed=base, pipe_vs_baseline_elapsed=base_pipe,
+                   baseline_vs_cat_wall=out["cat_s"] / mean(r["wall_s"] for r in runs["baseline"]),
+                   vs_baseline_elapsed_rounds=[round(b["elapsed_s"] / o["elapsed_s"], 3)
+                                               for b, o in zip(runs["baseline"], runs["tzero"], strict=True)])
+    return out
+
+
+def _summary(runs: dict) -> dict:
     """Mean times over the rounds, and the ratios as speeds (peer time / tzero time: above 1 is
     tzero faster); each ratio also per round, for the spread."""
     t = {n: mean(r["wall_s"] for r in runs[n]) for n in SYSTEMS}
@@ -129,18 +148,22 @@ def summarise(runs: dict) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--baseline", metavar="DIR", help="another tzero checkout to run in the same rounds")
     args = ap.parse_args(argv)
+    systems = SYSTEMS
+    if args.baseline:
+        systems = ("tzero", "baseline", "cat", "qsd-mw1", "tzero-pipe", "baseline-pipe", "cat-pipe")
     need("nbdkit", "qemu-storage-daemon", "cat")
     result = {"bench": "filebackup", "started": datetime.datetime.now().isoformat(timespec="seconds"),
               "machine": machine(), "export_bytes": EXPORT, "exports": len(NAMES), "subsystems": 1,
-              "rounds": args.rounds, "order": "interleaved by round: " + ", ".join(SYSTEMS) + ", then again"}
+              "rounds": args.rounds, "order": "interleaved by round: " + ", ".join(systems) + ", then again"}
     images = [image(n, EXPORT, seed=20 + i) for i, n in enumerate(NAMES)]
     # QSD's targets: files of the images' size, filled once like the images (never holes).
     targets = {n: image(f"{n}-qsd-target", EXPORT, seed=30 + i) for i, n in enumerate(NAMES)}
     out = os.path.join(workdir("out"), "filebackup.tzst")
     if not os.path.exists(out):
         open(out, "wb").close()
-    runs: dict[str, list] = {n: [] for n in SYSTEMS}
+    runs: dict[str, list] = {n: [] for n in systems}
     with Stopper() as stopper:
         sub = stopper.add(serve("fb", dict(zip(NAMES, images, strict=True))))
         log = open(os.path.join(workdir("run"), "fb-qsd.log"), "w")
@@ -153,14 +176,17 @@ def main(argv=None) -> int:
         qsd(daemon)
         for rnd in range(args.rounds):
             say(f"filebackup: round {rnd + 1} of {args.rounds}")
-            for name in SYSTEMS:
+            for name in systems:
                 os.sync()
+                to = None if name.endswith("-pipe") else out
                 if name == "qsd-mw1":
                     runs[name].append(qsd(daemon))
                 elif name.startswith("tzero"):
-                    runs[name].append(tzero(sub.control, None if name.endswith("-pipe") else out))
+                    runs[name].append(tzero(sub.control, to))
+                elif name.startswith("baseline"):
+                    runs[name].append(tzero(sub.control, to, args.baseline))
                 else:
-                    runs[name].append(cat(images, None if name.endswith("-pipe") else out))
+                    runs[name].append(cat(images, to))
     result["load_at_end"] = os.getloadavg()
     result["runs"] = runs
     result["summary"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in summarise(runs).items()}

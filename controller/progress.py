@@ -9,16 +9,9 @@ draws the progress.
 
 import time
 from collections.abc import Callable
-from typing import Protocol
-
-from common.fileio import Buffer
 
 # A wait that took at least this share of the time since the display last drew is "why it is slow".
 DOMINANT_SHARE = 0.5
-
-
-class OutputFile(Protocol):
-    def write(self, buf: Buffer, /) -> int | None: ...
 
 
 class WaitClock:
@@ -41,21 +34,6 @@ class WaitClock:
         """WHAT with its share, when it dominated the time since the last call; else None."""
         share = self.share()
         return f"{self.what} ({share:.0%} of the time)" if share >= DOMINANT_SHARE else None
-
-
-class TimedWrites:
-    """OUT's write(), its time added to CLOCK: what the stream writer writes through."""
-
-    def __init__(self, out: OutputFile, clock: WaitClock) -> None:
-        self.out = out
-        self.clock = clock
-
-    def write(self, buf: Buffer) -> int | None:
-        started = time.monotonic()
-        try:
-            return self.out.write(buf)
-        finally:
-            self.clock.seconds += time.monotonic() - started
 
 
 def reasons(*sources: Callable[[], str | None]) -> Callable[[], str | None]:

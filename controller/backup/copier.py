@@ -19,7 +19,9 @@ no subsystem holds a saved chunk (then nobody is writing to what was read).
 
 Memory: the read buffers (a pool of half of host_memory) plus the reorder
 buffer's memory (the other half) never exceed host_memory; the record being
-gathered (at most RECORD_BYTES), the ledger (4 bytes per chunk) and the stream
+gathered (at most RECORD_BYTES), the copies queued for the stream's writer
+thread (at most sink.SINK_BYTES: a read buffer queued there is the pool's and
+is reused only once written), the ledger (4 bytes per chunk) and the stream
 index (32 bytes per record) come on top, as fixed overhead.
 """
 
@@ -45,7 +47,7 @@ from controller.backup.rate import MAX, Pacer, Rate, pacer_for
 from controller.backup.records import RecordAssembler
 from controller.backup.reorder import ReorderBuffer
 from controller.backup.scheduler import Scheduler, key
-from controller.backup.view_reader import CONNECTIONS_PER_VIEW, BufferPool, Read, ViewReader, wait
+from controller.backup.view_reader import CONNECTIONS_PER_VIEW, BufferPool, Fence, Read, ViewReader, wait
 from controller.errors import SessionAborted, UsageError
 from controller.nbd.connect import connect, redacted
 
@@ -94,7 +96,8 @@ class Copier(PressureRelief):
 
     def __init__(self, group: ConsistencyGroup, plan: Plan, writer: StreamWriter, chunk_size: int,
                  host_memory: int, spill_dir: str | None = None,
-                 progress: Callable[[int, str], None] | None = None, local: bool = True, rate: Rate = MAX):
+                 progress: Callable[[int, str], None] | None = None, local: bool = True, rate: Rate = MAX,
+                 fence: Fence | None = None):
         # Set at start, never changed.
         self.group = group
         self.plan = plan
@@ -108,7 +111,9 @@ class Copier(PressureRelief):
         self.ledger = Ledger(chunk_size, plan.claims())
         read_budget = host_memory // 2
         self.request_bytes, count = pool_shape(read_budget, chunk_size, len(self.ledger.exports))
-        self.pool = BufferPool(self.request_bytes, count)
+        # FENCE: WRITER writes through a sink.WriteBehind, which may still be writing from a
+        # buffer the copy loop gave back: the pool reuses it only once it is written.
+        self.pool = BufferPool(self.request_bytes, count, fence)
         self.buffer = ReorderBuffer(host_memory - read_budget, spill_dir)
         self.records = RecordAssembler(writer, RECORD_BYTES, zero_records=plan.changed is not None)
         self.readers: dict[str, ViewReader] = {}

@@ -21,6 +21,7 @@ import select
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import nbd
 
@@ -38,6 +39,15 @@ LOCAL_AHEAD = 2  # reads done and waiting per export read locally (they complete
 Taken = Callable[[Piece], bool]  # true for a piece that needs no read any more
 
 
+class Fence(Protocol):
+    """Where the stream's writes are (sink.WriteBehind): a buffer given back at mark() may be
+    written into again once wait(that mark) returns, as the output has taken its bytes."""
+
+    def mark(self) -> int: ...
+
+    def wait(self, mark: int) -> None: ...
+
+
 class BufferPool:
     """At most COUNT buffers of SIZE bytes, each made on first need and then reused.
 
@@ -50,15 +60,20 @@ class BufferPool:
 
     The buffers are slices of one mapping advised for huge pages (common/arena.py
     says why); its pages are touched only as buffers are used.
+
+    With a FENCE (the stream written by another thread, which may still be writing from a
+    buffer given back), a buffer is handed out again only once the writes queued before it
+    came back are done, and the oldest given back goes first: it is the likeliest written.
     """
 
-    def __init__(self, size: int, count: int):
+    def __init__(self, size: int, count: int, fence: Fence | None = None):
         assert count >= 1, "pool_shape gives one buffer per export and one more"
         # Set at start, never changed.
         self.size = size
+        self.fence = fence
         self._arena = huge_page_arena(size * count)
         # Copy loop only (the scheduler and the copier take and give buffers in its thread).
-        self._free: list[memoryview] = []  # made, not in use
+        self._free: deque[tuple[memoryview, int]] = deque()  # made, not in use; the fence's mark when given
         self._unmade = count  # buffers the bound still allows to be made
         self._whole: dict[int, nbd.Buffer] = {}  # id(buffer) -> nbd.Buffer of all of it
 
@@ -69,8 +84,12 @@ class BufferPool:
 
     def take(self, length: int) -> tuple[memoryview, nbd.Buffer]:
         """A buffer and the nbd.Buffer for its first LENGTH bytes."""
-        if self._free:
-            data = self._free.pop()
+        fence = self.fence
+        if self._free and fence is None:
+            data, _ = self._free.pop()
+        elif self._free and fence is not None:
+            data, mark = self._free.popleft()
+            fence.wait(mark)
         else:
             assert self._unmade > 0, "the scheduler takes a buffer only while one is free"
             self._unmade -= 1
@@ -83,7 +102,7 @@ class BufferPool:
         return data, nbd.Buffer.from_buffer(memoryview(data)[:length])
 
     def give(self, data: memoryview) -> None:
-        self._free.append(data)
+        self._free.append((data, self.fence.mark() if self.fence is not None else 0))
 
 
 @dataclass

@@ -28,11 +28,12 @@ from controller.backup.rate import parse_rate
 from controller.backup.reorder import check_spill_dir
 from controller.backup.s3output import DEFAULT_STREAMS, S3Output
 from controller.backup.s3parts import check_part_size, choose_part_size, stream_bound
+from controller.backup.sink import WriteBehind
 from controller.cli import progress
 from controller.cli.args import Subparsers, command, parse_duration, parse_size, setting
 from controller.cli.progress import Progress
 from controller.errors import SubsystemError, TzeroError, UsageError
-from controller.progress import TimedWrites, WaitClock, reasons
+from controller.progress import WaitClock, reasons
 
 DEFAULT_HOST_MEMORY = "256M"
 MAX_LABEL = 64
@@ -333,18 +334,25 @@ def _copy(args: argparse.Namespace, group: ConsistencyGroup, plan: Plan, chunk: 
     if base is not None:
         header = dataclasses.replace(header, format_version=INCREMENTAL_VERSION, base=base.link())
     output_wait = WaitClock("waiting on the output writes")
-    writer = StreamWriter(TimedWrites(output, output_wait), header, args.codec, args.level)
+    # The stream is written by a thread of its own while the copy loop reads (sink.py); it is
+    # ended here, before the caller commits or discards the output.
+    sink = WriteBehind(output, clock=output_wait)
     progress = Progress(args, "backup", sum(d.size for d in datasets))
     try:
+        writer = StreamWriter(sink, header, args.codec, args.level)
         copier = Copier(group, plan, writer, chunk, host_memory, args.spill_dir, progress.update,
-                        local=args.read_path == "auto", rate=args.rate)
+                        local=args.read_path == "auto", rate=args.rate, fence=sink)
         progress.why_slow = reasons(copier.slow_reason, output_wait.reason)
         group.stats_source = lambda: copier.published
         copied = copier.run()
         group.check()  # a session that died during the last reads must not yield a backup
         written = writer.finish()
+        sink.close()
         output.flush()
         progress.finish()
+    except BaseException:
+        sink.abort()
+        raise
     finally:
         progress.close()
     return {

@@ -69,11 +69,11 @@ class Load:
             "time zero fell mid-run for every writer"
 
 
-def paced_copy(proc, sink, load: Load) -> None:
-    """Move the backup stream from PROC to SINK, letting writers land writes between reads,
-    so that copy-before-write is certain to happen mid-copy."""
+def paced_copy(proc, sink, load: Load, step: int = READ_STEP) -> None:
+    """Move the backup stream from PROC to SINK, STEP bytes at a time, letting writers land
+    writes between reads, so that copy-before-write is certain to happen mid-copy."""
     while True:
-        data = proc.stdout.read(READ_STEP)
+        data = proc.stdout.read(step)
         if not data:
             return
         sink.write(data)
@@ -83,14 +83,14 @@ def paced_copy(proc, sink, load: Load) -> None:
             time.sleep(0.001)
 
 
-def backup_through_pipe(load: Load, tmp_path, *extra) -> tuple[str, dict]:
+def backup_through_pipe(load: Load, tmp_path, *extra, step: int = READ_STEP) -> tuple[str, dict]:
     out = tmp_path / "backup.tzb"
     stderr = []
     with subprocess.Popen(load.backup_command("-", *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           cwd=REPO) as proc, open(out, "wb") as sink:
         reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read().decode()))
         reader.start()
-        paced_copy(proc, sink, load)
+        paced_copy(proc, sink, load, step)
         status = proc.wait(120)
         reader.join()
     assert status == 0, f"backup failed: {stderr}"
@@ -106,6 +106,25 @@ def test_backup_under_dependent_writers_restores_a_prefix_at_time_zero(tmp_path,
         load.stop()
     assert summary["chunks_cow"] > 0, "the paced copy must have made writers hit uncopied chunks"
     assert summary["read_path"] == {"a": "local", "c": "local", "b": "local"}, "this host serves every view"
+    tzero("verify", out)
+    tzero("restore", out, "--to", tmp_path / "restored")
+    load.check(tmp_path / "restored", summary)
+
+
+def test_backup_written_behind_its_reads_reuses_read_buffers_only_once_written(tmp_path, serve):
+    """The stream is written by a thread of its own (controller/backup/sink.py), which queues
+    views of the read buffers themselves: with 1 MiB chunks and 8 MiB of host memory the pool
+    has four 1 MiB buffers, fewer than the writer thread may hold queued, and a reader taking
+    64 KiB at a time keeps that queue full, so every read buffer is handed out again right
+    behind the writer thread while the writers write. The restore must hold exactly the
+    time-zero content: a buffer reused before it was written would put later bytes in."""
+    load = Load(tmp_path, serve, "--chunk", "1M")
+    try:
+        out, summary = backup_through_pipe(load, tmp_path, step=64 << 10)
+    finally:
+        load.stop()
+    assert summary["chunks_cow"] > 0
+    assert summary["peak_host_buffer_bytes"] <= 4 << 20, "four read buffers at most"
     tzero("verify", out)
     tzero("restore", out, "--to", tmp_path / "restored")
     load.check(tmp_path / "restored", summary)

@@ -1,11 +1,10 @@
 """Why a copy is slow: the share of the time since the display last asked that went to a wait."""
 
-import io
 
 import pytest
 
 from controller import progress
-from controller.progress import TimedWrites, WaitClock, reasons
+from controller.progress import WaitClock, reasons
 
 
 class Clock:
@@ -38,19 +37,6 @@ def test_wait_clock_counts_only_the_time_since_it_was_last_asked(clock):
     clock.now += 10
     w.seconds += 1
     assert w.reason() is None and w.share() == 0.0
-
-
-def test_timed_writes_add_the_time_of_each_write_to_the_clock(clock):
-    class SlowFile(io.BytesIO):
-        def write(self, b):
-            clock.now += 0.5
-            return super().write(b)
-
-    w = WaitClock("waiting")
-    out = SlowFile()
-    sink = TimedWrites(out, w)
-    assert sink.write(b"abc") == 3 and sink.write(b"de") == 2
-    assert w.seconds == 1.0 and out.getvalue() == b"abcde"
 
 
 def test_reasons_joins_those_that_hold_and_asks_every_source():
