@@ -12,9 +12,9 @@ itself (record heads, checks, the index) and what the copy loop owns (records ga
 across reads, reorder-buffer entries) are never changed once handed over; a read buffer of
 the copier's pool (view_reader.BufferPool) is reused only once the bytes queued before it
 went back to the pool are written: the pool takes mark() when a buffer is given back and
-wait(mark) before handing it out again. Chunks are released to the subsystems as before,
-once their bytes are in controller memory: whether they are written yet does not matter
-to the side store.
+asks passed(mark), or waits with wait(mark), before handing it out again. Chunks are
+released to the subsystems as before, once their bytes are in controller memory: whether
+they are written yet does not matter to the side store.
 
 Memory: at most SINK_BYTES queued (one buffer more than that is never queued: a larger
 buffer waits for an empty queue). Queued pool buffers are within the pool's budget; the
@@ -43,6 +43,7 @@ from common.fileio import Buffer
 from controller.progress import WaitClock
 
 SINK_BYTES = 8 << 20  # queued at most: eight 1 MiB records (copier.RECORD_BYTES)
+WAKE_BYTES = 64 << 10  # less queued than this does not wake the writer thread by itself
 ABORT_WAIT_S = 5.0  # how long an abort waits for the write in progress
 
 
@@ -83,12 +84,18 @@ class WriteBehind:
             self._queue.append(view)
             self._queued += n
             self._accepted += n
-            self._cond.notify_all()
+            if self._queued >= WAKE_BYTES:  # a record head waits for its payload: one wake-up for both
+                self._cond.notify_all()
 
     def mark(self) -> int:
         """Where the stream is now: wait(mark) returns once everything queued so far is written."""
         with self._cond:
             return self._accepted
+
+    def passed(self, mark: int) -> bool:
+        """Whether the stream is written up to MARK (from mark()) already."""
+        with self._cond:
+            return self._written >= mark
 
     def wait(self, mark: int) -> None:
         """Return once the stream is written up to MARK (from mark()); raises the writer's failure."""
@@ -125,6 +132,7 @@ class WriteBehind:
     def _waiting(self, done: Callable[[], bool]) -> None:
         """Wait (the lock held) until DONE(), timing the wait on the clock."""
         started = time.monotonic()
+        self._cond.notify_all()  # what is queued may be too small to have woken the writer thread
         try:
             self._cond.wait_for(done)
         finally:

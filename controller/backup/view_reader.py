@@ -41,9 +41,12 @@ Taken = Callable[[Piece], bool]  # true for a piece that needs no read any more
 
 class Fence(Protocol):
     """Where the stream's writes are (sink.WriteBehind): a buffer given back at mark() may be
-    written into again once wait(that mark) returns, as the output has taken its bytes."""
+    written into again once passed(that mark), or once wait(that mark) returns: the output
+    has taken its bytes."""
 
     def mark(self) -> int: ...
+
+    def passed(self, mark: int) -> bool: ...
 
     def wait(self, mark: int) -> None: ...
 
@@ -63,7 +66,10 @@ class BufferPool:
 
     With a FENCE (the stream written by another thread, which may still be writing from a
     buffer given back), a buffer is handed out again only once the writes queued before it
-    came back are done, and the oldest given back goes first: it is the likeliest written.
+    came back are done. The oldest given back is the likeliest written: it goes first if it
+    is; if not, a buffer not made yet is made rather than waited for (the writer thread may
+    hold several queued, and a wait is a hand-over between threads); only a pool all made
+    waits for its oldest.
     """
 
     def __init__(self, size: int, count: int, fence: Fence | None = None):
@@ -87,7 +93,7 @@ class BufferPool:
         fence = self.fence
         if self._free and fence is None:
             data, _ = self._free.pop()
-        elif self._free and fence is not None:
+        elif self._free and fence is not None and (not self._unmade or fence.passed(self._free[0][1])):
             data, mark = self._free.popleft()
             fence.wait(mark)
         else:

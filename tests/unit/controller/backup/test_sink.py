@@ -16,6 +16,15 @@ from controller.progress import WaitClock
 WAIT_S = 30  # a generous bound for what must happen at once; the tests never sleep
 
 
+WAKE_BYTES = sink_module.WAKE_BYTES
+
+
+@pytest.fixture(autouse=True)
+def wake_at_once(monkeypatch):
+    """Every write wakes the writer thread, so a test can hold it in a write."""
+    monkeypatch.setattr(sink_module, "WAKE_BYTES", 1)
+
+
 class GatedFile:
     """An output whose writes each wait for a permit (none: all pass); it keeps what it got,
     and may fail the Nth write with an OSError."""
@@ -98,6 +107,19 @@ def test_sink_bounds_what_is_queued_and_waits_for_room():
     s.close()
     assert out.got == b"a" * 60 + b"b" * 40 + b"c" * 10
     assert clock.seconds > 0, "the wait for room counts as waiting on the output"
+
+
+def test_sink_small_writes_are_written_once_waited_for_though_they_did_not_wake_the_writer(monkeypatch):
+    monkeypatch.setattr(sink_module, "WAKE_BYTES", WAKE_BYTES)
+    assert WAKE_BYTES > 16
+    out = GatedFile()
+    s = WriteBehind(out)
+    s.write(b"head")
+    s.wait(s.mark())  # returns: the wait itself wakes the writer thread
+    assert out.got == b"head"
+    s.write(b"tail")
+    s.close()
+    assert out.got == b"headtail"
 
 
 def test_sink_takes_a_buffer_larger_than_its_limit_once_the_queue_is_empty():
@@ -191,16 +213,21 @@ class CountingFence:
         self.accepted = 0
         self.waited: list[int] = []
 
+        self.written = 0
+
     def mark(self) -> int:
         return self.accepted
+
+    def passed(self, mark: int) -> bool:
+        return self.written >= mark
 
     def wait(self, mark: int) -> None:
         self.waited.append(mark)
 
 
-def test_pool_with_a_fence_hands_out_the_oldest_buffer_after_its_writes():
+def test_pool_with_a_fence_all_made_hands_out_the_oldest_buffer_after_its_writes():
     fence = CountingFence()
-    pool = BufferPool(4096, 3, fence)
+    pool = BufferPool(4096, 2, fence)
     a, _ = pool.take(4096)
     b, _ = pool.take(4096)
     fence.accepted = 10
@@ -211,6 +238,19 @@ def test_pool_with_a_fence_hands_out_the_oldest_buffer_after_its_writes():
     assert again is a and fence.waited == [10], "the oldest given back, once what was queued before it is written"
     again, _ = pool.take(4096)
     assert again is b and fence.waited == [10, 20]
+
+
+def test_pool_with_a_fence_makes_a_buffer_rather_than_wait_for_one_still_queued():
+    fence = CountingFence()
+    pool = BufferPool(4096, 3, fence)
+    a, _ = pool.take(4096)
+    fence.accepted = 10
+    pool.give(a)
+    b, _ = pool.take(4096)
+    assert b is not a and fence.waited == [], "a new buffer, no wait"
+    fence.written = 10
+    again, _ = pool.take(4096)
+    assert again is a and fence.waited == [10], "the oldest once written, before making another"
 
 
 def test_pool_reuses_a_buffer_only_once_the_sink_wrote_it():
