@@ -35,7 +35,6 @@ from common.fileio import Buffer, create_partial, fsync_dir
 from controller.errors import EXIT_RETRY, TzeroError, UsageError, os_error
 
 FILE, STDOUT, STREAM = "file", "standard output", "stream"
-PIPE_BYTES = 1 << 20  # a pipe's room: one record (copier.RECORD_BYTES); Linux's default pipe-max-size
 
 
 class OutputBusy(TzeroError):
@@ -75,8 +74,6 @@ class BackupOutput:
             self.file = _open_stream(self.target)
         else:
             self._open_file()
-        if self.kind != FILE:
-            _widen_pipe(self._opened.fileno())
 
     def _open_file(self) -> None:
         self._lock = OutputLock.take(self.target)
@@ -202,17 +199,6 @@ def _open_stream(target: str) -> BinaryIO:
         os.close(fd)
         raise UsageError(f"{target} is no longer a pipe or a character device, or is a terminal; nothing written")
     return os.fdopen(fd, "wb")
-
-
-def _widen_pipe(fd: int) -> None:
-    """Give a pipe FD PIPE_BYTES of room, so a 1 MiB record goes in with one wake-up of its
-    reader rather than sixteen (64 KiB, the default); nothing else (a tape, a pipe already
-    that wide, a limit in /proc/sys/fs/pipe-max-size) changes or fails."""
-    try:
-        if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_BYTES:
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-    except OSError:
-        pass  # EPERM over the system's limit, EBUSY with more queued: the pipe stays as it is
 
 
 def _quiet_stdout() -> None:

@@ -2,18 +2,15 @@
 that is refused or fails leaves nothing of its own and touches nothing of another's; a device
 named as OUT is written in place or refused, never replaced."""
 
-import fcntl
-import io
 import os
 import stat
 import subprocess
-import sys
 import threading
 
 import pytest
 
 from common.fileio import is_partial_of
-from controller.backup.output import PIPE_BYTES, BackupOutput, OutputBusy, _widen_pipe
+from controller.backup.output import BackupOutput, OutputBusy
 from controller.errors import EXIT_RETRY, EXIT_USAGE, TzeroError, UsageError
 
 
@@ -157,36 +154,12 @@ def test_output_fifo_is_written_in_place_like_a_pipe(tmp_path):
     reader.start()
     o = BackupOutput(str(fifo), force=False)
     o.open()
-    assert fcntl.fcntl(o.file.fileno(), fcntl.F_GETPIPE_SZ) >= min(PIPE_BYTES, pipe_max_size()), \
-        "a pipe is widened to take a whole record at once"
     o.write(b"stream")
     o.flush()
     o.commit()
     reader.join(10)
     assert got == [b"stream"] and stat.S_ISFIFO(fifo.stat().st_mode)
     assert leftovers(tmp_path) == ["tape"]
-
-
-def pipe_max_size() -> int:
-    with open("/proc/sys/fs/pipe-max-size") as f:
-        return int(f.read())
-
-
-def test_output_standard_output_pipe_is_widened_and_a_file_is_left_alone(tmp_path, monkeypatch):
-    r, w = os.pipe()
-    try:
-        monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(open(w, "wb", closefd=False)))
-        o = BackupOutput("-", force=False)
-        o.open()
-        assert fcntl.fcntl(w, fcntl.F_GETPIPE_SZ) >= min(PIPE_BYTES, pipe_max_size())
-    finally:
-        os.close(r)
-        os.close(w)
-    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
-    try:
-        _widen_pipe(fd)  # not a pipe: nothing happens, no error
-    finally:
-        os.close(fd)
 
 
 @pytest.fixture
