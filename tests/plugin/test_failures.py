@@ -8,11 +8,18 @@ import time
 
 import pytest
 
+from controller.backup.sink import SINK_BYTES
+
 from control_proxy import ControlProxy
 from helpers import REPO, TZERO, make_image, tzero, wait_for
 from raw_control import RawControl
 
 SIZE = 4 << 20
+# A backup whose stream nobody reads stalls once its writer thread holds SINK_BYTES queued
+# (controller/backup/sink.py), a few reads later: writes to the last 4 MiB of an image this
+# large still find chunks the stalled copy has not reached.
+STALL_SIZE = 4 * SINK_BYTES
+STALL_AT = STALL_SIZE - (4 << 20)
 
 
 def one_line(stderr: str) -> str:
@@ -31,14 +38,16 @@ def last_session(sub) -> dict:
     return wait_for(lambda: sub.status()["last_session"], 10, "the session to end")
 
 
-def test_controller_killed_mid_session_writes_go_on_and_session_ends(tmp_path, sub):
+def test_controller_killed_mid_session_writes_go_on_and_session_ends(tmp_path, serve):
+    make_image(tmp_path / "a.img", STALL_SIZE, seed=5)
+    sub = serve("s", {"a": tmp_path / "a.img"}, "--chunk", "64K")
     h = sub.connect("a")
-    with subprocess.Popen([*TZERO, "backup", "-s", sub.control, "-o", "-", "--no-progress"],
+    with subprocess.Popen([*TZERO, "backup", "-s", sub.control, "-o", "-", "--no-progress", "--host-memory", "8M"],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO) as proc:
         # Nobody reads the pipe, so the controller stalls mid-copy with its session open.
         wait_for(lambda: (sub.status()["session"] or {}).get("phase") == "active", 30, "an active session")
         for i in range(8):
-            h.pwrite(b"w" * 4096, (40 + i) * 65536)
+            h.pwrite(b"w" * 4096, STALL_AT + i * 65536)
         assert sub.status()["session"]["side_memory_bytes"] > 0
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -47,7 +56,7 @@ def test_controller_killed_mid_session_writes_go_on_and_session_ends(tmp_path, s
     assert ended["side_memory_bytes"] == 0 and ended["side_spill_bytes"] == 0
     h.pwrite(b"after" * 100, 0)
     assert h.pread(500, 0) == b"after" * 100
-    assert h.pread(4096, 47 * 65536) == b"w" * 4096
+    assert h.pread(4096, STALL_AT + 7 * 65536) == b"w" * 4096
     h.shutdown()
 
 
@@ -97,17 +106,18 @@ def tiny_side_dir(tmp_path):
 
 
 def test_full_spill_folder_aborts_the_backup_and_writes_succeed_intact(tmp_path, serve, tiny_side_dir):
-    initial = make_image(tmp_path / "a.img", SIZE, seed=6)
+    initial = make_image(tmp_path / "a.img", STALL_SIZE, seed=6)
     sub = serve("s", {"a": tmp_path / "a.img"}, "--chunk", "64K", "--side-memory", "64K", "--side-dir", tiny_side_dir)
     h = sub.connect("a")
     expected = bytearray(initial)
-    with subprocess.Popen([*TZERO, "backup", "-s", sub.control, "-o", "-", "--no-progress"],
+    with subprocess.Popen([*TZERO, "backup", "-s", sub.control, "-o", "-", "--no-progress", "--host-memory", "8M"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO) as proc:
         wait_for(lambda: (sub.status()["session"] or {}).get("phase") == "active", 30, "an active session")
-        for c in range(20, 60):  # 40 chunks of old data: far beyond 64K of memory plus 256K of spill
-            block = bytes([c]) * 4096
-            h.pwrite(block, c * 65536 + 512)
-            expected[c * 65536 + 512:c * 65536 + 512 + 4096] = block
+        for c in range(40):  # 40 chunks of old data: far beyond 64K of memory plus 256K of spill
+            at = STALL_AT + c * 65536 + 512
+            block = bytes([c + 20]) * 4096
+            h.pwrite(block, at)
+            expected[at:at + 4096] = block
         ended = last_session(sub)
         assert ended["phase"] == "aborted" and "side store full" in ended["abort_reason"]
         drained = threading.Thread(target=proc.stdout.read)
@@ -117,7 +127,7 @@ def test_full_spill_folder_aborts_the_backup_and_writes_succeed_intact(tmp_path,
         stderr = proc.stderr.read().decode()
     assert status == 3, "a session aborted: another try may succeed"
     assert "side store full" in one_line(stderr) or "abandoned" in one_line(stderr)
-    assert h.pread(SIZE, 0) == bytes(expected), "every application write landed, nothing else changed"
+    assert h.pread(STALL_SIZE, 0) == bytes(expected), "every application write landed, nothing else changed"
     h.shutdown()
 
 
