@@ -27,7 +27,8 @@ write(), wait() or close() in the copy loop: the backup fails as it did when the
 wrote itself, a little later in the stream. After a failure or an interrupt, abort() drops
 what is queued and waits (ABORT_WAIT_S at most) for the write in progress, before the
 output is discarded. A write stuck on a pipe whose reader neither reads nor closes is not
-waited for: the thread is a daemon, and ends with the process.
+waited for longer: the thread is a daemon, and ends with the process (closing or flushing
+that pipe, as discarding a FIFO or standard output does, may still wait for it).
 
 Threads and fields: see __init__. The copy loop (the main thread) calls every method;
 the writer thread only runs _run.
