@@ -341,7 +341,7 @@ def filebackup_section(fb: dict) -> list[str]:
             ["into a pipe (`cat > /dev/null`)", f(s["tzero_pipe_wall_s"]), f(s["tzero_pipe_elapsed_s"]),
              f(s["cat_pipe_s"]), "-", f"{f(s['pipe_vs_cat_wall'])} / {f(s['pipe_vs_cat_elapsed'])}",
              " ".join(f(x) for x in s["pipe_vs_cat_wall_rounds"]), "-"]]
-    return ["## 10. Idle backup into a file (bench/filebackup.py)", "",
+    return ["## 11. Idle backup into a file (bench/filebackup.py)", "",
             f"One subsystem serving two idle {fb['export_bytes'] >> 30} GiB images (incompressible, no zeros); "
             "`tzero backup -o -` with its output a file opened without O_TRUNC (made once, written fully once "
             "by an untimed run, then overwritten in place, never synced), against `cat` of the two images into "
@@ -413,8 +413,6 @@ def main() -> int:
         lines += net_section(net)
     if inc:
         lines += incremental_section(inc)
-    if fb:
-        lines += filebackup_section(fb)
     s3 = load("s3")
     if s3:
         from bench import s3 as s3_bench
@@ -425,6 +423,8 @@ def main() -> int:
         from bench import rate as rate_bench
 
         lines += rate_bench.report_section(rate)
+    if fb:
+        lines += filebackup_section(fb)
     lines += NOTES.splitlines()
     with open(OUT, "w") as out:
         out.write("\n".join(lines).rstrip() + "\n")
