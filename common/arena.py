@@ -1,8 +1,8 @@
 """Large buffers that the kernel may back with transparent huge pages.
 
 A bulk copy into memory on huge pages takes far fewer page faults and TLB misses than one
-into ordinary 4 KiB pages, so every bulk copy tzero makes lands in such an arena: the
-controller's read buffers and the side store's memory slots.
+into ordinary 4 KiB pages, so the controller's read buffers are such an arena (the side
+store's memory slots are a memfd, advised the same way: nbdplugin/slots.py).
 """
 
 import mmap

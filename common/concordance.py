@@ -20,6 +20,8 @@ straight from the device. Both sides use these names, so the layout is written o
                            (controller/backup/rate.py); a torn or stale load costs only a
                            pacing decision, never a byte of the backup.
     byte HEADER + c        the state of chunk c: PENDING, SAVED or DONE
+    SLOTS + 16 c           where chunk c's saved copy is, once SAVED (below); SLOTS is the
+                           first multiple of 8 after the states
 
 State table (a chunk only ever moves down it within one session):
 
@@ -28,6 +30,7 @@ State table (a chunk only ever moves down it within one session):
     DONE     in the backup (released), or never tracked: nothing is owed for it
 """
 
+import struct
 from collections.abc import Iterator
 
 PENDING, SAVED, DONE = 0, 1, 2
@@ -39,8 +42,8 @@ HEADER = 32
 
 
 def mapping_size(chunks: int) -> int:
-    """Bytes of the mapping that holds CHUNKS states."""
-    return HEADER + chunks
+    """Bytes of the mapping that holds CHUNKS states and their slot entries."""
+    return slots_offset(chunks) + SLOT_ENTRY.size * chunks
 
 
 def chunk_count(size: int, chunk_size: int) -> int:
@@ -60,3 +63,37 @@ def runs(bits: bytes | bytearray, start: int = 0, stop: int | None = None) -> It
         end = stop if end < 0 else end
         yield first, end - first
         pos = end
+
+
+# --- saved chunks, read on the subsystem's host --------------------------------------
+#
+# The side store's slots (nbdplugin/slots.py) are a memfd (memory slots) and the spill file,
+# both of which a controller on this host opens read-only, like the concordance. Two
+# shared tables say where a saved chunk is and whether its slot still holds it
+# (controller/backup/saved_read.py gives the argument for exactness):
+#
+#   slot entry of chunk c, in the concordance at SLOTS + 16 c: two little-endian u64,
+#       (g + 1, sequence): global slot g (memory slots 0 .. M-1, then spill slot j as M + j)
+#       was taken for c's save with that sequence number. Written before c becomes SAVED,
+#       never changed while it is SAVED; (0, 0) while no readable slot holds c.
+#   the slot index, a memfd of the side store's own (SLOT_INDEX_HEADER bytes, then one
+#       little-endian u64 per global slot): bytes 8 .. 23 the locality token of the session
+#       that opened last (what proves a controller maps this host's index); the word of slot
+#       g the sequence number of the save that took g last, written when it is taken, before
+#       a byte of the slot is written. Sequence numbers grow by one per take, from 1, for the
+#       subsystem's life: a slot taken again always gets a word it never held.
+
+SLOT_ENTRY = struct.Struct("<QQ")
+SLOT_WORD = struct.Struct("<Q")
+SLOT_INDEX_HEADER = 32
+INDEXED_SPILL_SLOTS = 1 << 22  # spill slots beyond these are read through the view
+
+
+def slots_offset(chunks: int) -> int:
+    """Where the slot entries start in a concordance of CHUNKS states (8-byte aligned)."""
+    return -(-(HEADER + chunks) // 8) * 8
+
+
+def slot_index_size(memory_slots: int) -> int:
+    """Bytes of the slot index of a side store of MEMORY_SLOTS memory slots."""
+    return SLOT_INDEX_HEADER + SLOT_WORD.size * (memory_slots + INDEXED_SPILL_SLOTS)

@@ -9,7 +9,9 @@ mutation there costs one state lookup and no copy-before-write.
 Shared with the controller: the states live in a memfd mapping that a controller on
 the same host maps read-only (the session's `open` reply names it), so it can read
 PENDING chunks straight from the device and check afterwards that they were still
-PENDING (controller/backup/local_read.py says why that is exact). The DEAD flag is set
+PENDING (controller/backup/local_read.py says why that is exact), and read SAVED chunks
+out of the side store's slots by the slot entry published here before the chunk became
+SAVED (controller/backup/saved_read.py). The DEAD flag is set
 before the session stops saving chunks (abort, close): from then on PENDING no longer
 means "in place".
 
@@ -32,11 +34,13 @@ from common.concordance import (
     HEADER,
     PENDING,
     SAVED,
+    SLOT_ENTRY,
     TOKEN_OFFSET,
     TOKEN_SIZE,
     WRITES_OFFSET,
     chunk_count,
     mapping_size,
+    slots_offset,
 )
 
 __all__ = ["DONE", "PENDING", "SAVED", "STRIPES", "ChunkMap"]
@@ -69,7 +73,7 @@ class ChunkMap:
         self._shared[TOKEN_OFFSET:TOKEN_OFFSET + TOKEN_SIZE] = token  # before anyone can know the path
         self.token = token  # set at formation, never changed
         # guarded by the stripe locks: chunk c's state is written only under lock(c)
-        self.states = memoryview(self._shared)[HEADER:]
+        self.states = memoryview(self._shared)[HEADER:HEADER + self.count]
         if tracked is not None:
             self.states[:] = bytes([DONE]) * self.count
             for offset, length in tracked:
@@ -120,7 +124,12 @@ class ChunkMap:
     def shared(self) -> dict[str, str | int]:
         """Where another process on this host maps this concordance (read-only)."""
         return {"path": f"/proc/{os.getpid()}/fd/{self._fd}", "header": HEADER, "chunks": self.count,
-                "chunk_size": self.chunk_size, "token": self.token.hex()}
+                "chunk_size": self.chunk_size, "token": self.token.hex(), "slots": slots_offset(self.count)}
+
+    def publish_slot(self, chunk: int, entry: tuple[int, int]) -> None:
+        """Under CHUNK's lock, after its save and before it becomes SAVED: where its copy is
+        (SideStore.save's slot entry), for a controller reading saved chunks on this host."""
+        SLOT_ENTRY.pack_into(self._shared, slots_offset(self.count) + SLOT_ENTRY.size * chunk, *entry)
 
     def writes_word(self) -> memoryview:
         """The header's count of writes admitted, as one native unsigned 64-bit item: the export's

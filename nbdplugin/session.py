@@ -247,13 +247,14 @@ class Session:
                     continue
                 start, n = m.extent(c)
                 try:
-                    self.side.save((export.index, c), export.device, start, n)
+                    entry = self.side.save((export.index, c), export.device, start, n)
                 except SideStoreFull as e:
                     self.abort(f"side store full: {e}")
                     return
                 except OSError as e:
                     self.abort(f"copy-before-write of {export.name} chunk {c} failed: {e.strerror or e}")
                     return
+                m.publish_slot(c, entry)  # before SAVED: a local reader trusts the entry of a SAVED chunk
                 states[c] = SAVED
                 self.cow_chunks += 1
 

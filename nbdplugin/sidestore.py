@@ -12,15 +12,22 @@ callers serialise save/read/discard of one key (they hold the chunk's stripe loc
 a slot belongs to one key until that key is discarded. A save still running when the
 session closes gives its slot back itself, so close() never hands the pool a slot that
 someone is writing.
+
+Published slots: `save` returns the slot entry of its chunk (common/concordance.py: the
+global slot and the sequence number its take was stamped with), which the session writes
+into the concordance before the chunk becomes SAVED, so that a controller on this host can
+read the saved copy out of the slot itself. A slot's entry stays true while its key holds
+it; a slot given back and taken again gets a new sequence number before it is written.
 """
 
 import threading
 from typing import Protocol
 
 from common.fileio import WritableBuffer, read_fully, write_all
-from nbdplugin.slots import SlotPool, SpillUnavailable
+from nbdplugin.slots import SlotPool, SpillUnavailable, Taken
 
 MEMORY, SPILL = 0, 1
+UNPUBLISHED = (0, 0)  # the slot entry of a chunk no local reader can find (read through the view)
 
 
 class ChunkSource(Protocol):
@@ -47,27 +54,32 @@ class SideStore:
         self.peak_bytes = 0
         self.saved_total = 0
 
-    def save(self, key: tuple[int, int], source: ChunkSource, offset: int, length: int) -> None:
-        """Keep LENGTH bytes (at most one chunk) that SOURCE.read_into(view, OFFSET) yields, as KEY.
+    def save(self, key: tuple[int, int], source: ChunkSource, offset: int, length: int) -> tuple[int, int]:
+        """Keep LENGTH bytes (at most one chunk) that SOURCE.read_into(view, OFFSET) yields, as KEY;
+        returns KEY's slot entry (UNPUBLISHED when the slot index has no word for its slot, or
+        the session ended meanwhile).
 
         SideStoreFull when neither memory nor spill can take them; an OSError of SOURCE
         goes to the caller. Either way nothing is kept and the slot goes back."""
         assert 0 < length <= self.pool.chunk_size, "one chunk per key"
-        slot = self.pool.take_memory()
-        kind = MEMORY if slot is not None else SPILL
+        taken: Taken | None = self.pool.take_memory()
+        kind = MEMORY if taken is not None else SPILL
+        slot: int | None = None if taken is None else taken[0]
         try:
-            if slot is not None:  # a memory slot (kind == MEMORY)
-                at = slot * self.pool.chunk_size
+            if taken is not None:  # a memory slot (kind == MEMORY)
+                at = taken[0] * self.pool.chunk_size
                 source.read_into(self.pool.memory[at:at + length], offset)
             else:
-                slot = self._take_spill()
+                taken = self._take_spill()
+                slot = taken[0]
                 view = self.pool.scratch()[:length]
                 source.read_into(view, offset)
-                self._write_spill(slot, view)
+                self._write_spill(taken[0], view)
         except BaseException:
             if slot is not None:
                 self._give(kind, slot)
             raise
+        slot, sequence = taken
         with self._lock:
             if not self._closed:
                 assert key not in self._where, "a chunk is saved once"
@@ -78,10 +90,13 @@ class SideStore:
                 else:
                     self.spill_bytes += length
                 self.peak_bytes = max(self.peak_bytes, self.memory_bytes + self.spill_bytes)
-                return
+                if not sequence:
+                    return UNPUBLISHED
+                return 1 + slot + (self.pool.memory_slots if kind == SPILL else 0), sequence
         self._give(kind, slot)  # the session ended while we saved: nobody will read it
+        return UNPUBLISHED
 
-    def _take_spill(self) -> int:
+    def _take_spill(self) -> Taken:
         try:
             return self.pool.take_spill()
         except SpillUnavailable as e:

@@ -171,7 +171,10 @@ class Subsystem:
         for e in exports:  # counted in the session's concordance header, for --rate auto
             e.gate.writes = s.maps[e.index].writes_word()
         log(f"session {s.sid} opened on {', '.join(names)}")
-        local = {e.name: {"concordance": s.maps[e.index].shared(), "device": e.device.identity()} for e in exports}
+        self.slots.claim(s.locality_token)  # the sessions before it have ended: nobody reads by the old token
+        side_slots = self.slots.shared()
+        local = {e.name: {"concordance": s.maps[e.index].shared(), "device": e.device.identity(), "side": side_slots}
+                 for e in exports}
         return {"session": s.sid, "views": {n: s.view_name(n) for n in names}, "local": local,
                 "generation": s.generation if self.tracker.enabled else None,
                 "changes": {n: {"known": k.known, "reason": k.reason or None, "time_zero": k.time_zero}

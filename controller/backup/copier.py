@@ -72,7 +72,9 @@ class CopierStats(TypedDict):
     spilled_bytes: int
     peak_host_buffer_bytes: int
     read_path: dict[str, str]  # export -> "local", or "nbd (why not local)"
-    local_refetched_bytes: int
+    local_refetched_bytes: int  # read locally, then again through the view (their chunk was not PENDING)
+    local_saved_bytes: int  # saved chunks read on this host out of the side store's slots
+    local_saved_spill_bytes: int  # ... of which out of its spill file
 
 
 def pool_shape(read_budget: int, chunk_size: int, exports: int) -> tuple[int, int]:
@@ -127,7 +129,7 @@ class Copier(PressureRelief):
         self.stats: CopierStats = {
             "chunks_in_order": 0, "chunks_ahead": 0, "chunks_opportunistic": 0, "chunks_zero": 0,
             "bytes_read": 0, "spilled_bytes": 0, "peak_host_buffer_bytes": 0, "read_path": {},
-            "local_refetched_bytes": 0}
+            "local_refetched_bytes": 0, "local_saved_bytes": 0, "local_saved_spill_bytes": 0}
         # Copy loop writes, heartbeat thread reads (atomic attribute): a copy of `stats`, replaced
         # whole (a reference swap) now and then, never changed once published.
         self.published: CopierStats = self._snapshot()
@@ -159,6 +161,9 @@ class Copier(PressureRelief):
             for r in self.readers.values():
                 if r.local is not None:
                     self.stats["local_refetched_bytes"] += r.local.fixed_bytes
+                    if r.local.slots is not None:
+                        self.stats["local_saved_bytes"] += r.local.slots.memory_bytes + r.local.slots.spill_bytes
+                        self.stats["local_saved_spill_bytes"] += r.local.slots.spill_bytes
                 # After a failure a view's server may be unreachable: a polite disconnect would
                 # wait for it (until TCP gives up), so its connections are just dropped.
                 r.close(polite=copied)
@@ -187,7 +192,8 @@ class Copier(PressureRelief):
                     pass
             raise
         local, why = LocalRead.open(export, member.local.get(export), size) if self.local else (None, "--read-path nbd")
-        self.stats["read_path"][export] = "local" if local else f"nbd ({why})"
+        self.stats["read_path"][export] = f"nbd ({why})" if local is None else \
+            f"local (saved chunks through the view: {local.slots_why})" if local.slots is None else "local"
         return ViewReader(export, handles, self.plan.pieces(self.chunk, export), local)
 
     def _taken(self, p: Piece) -> bool:

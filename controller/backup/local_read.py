@@ -15,9 +15,12 @@ read-only (chunkmap.py). For every chunk c it holds that:
 We read a run of chunks with preadv and only then load their states. If c is still
 PENDING at that load, no mutation of c had been applied when the load ran, so none was
 applied before or while we read: what we read is c's time-zero content. A chunk found
-SAVED (or anything but PENDING) is read again through the NBD view, which serves its
-saved copy. The ordering this needs (the plugin's state store before its data stores,
-our data loads before our state load) is what x86-64 guarantees between processes
+SAVED is read again out of the side store's slot that holds its copy, on this host too
+(saved_read.py gives that argument: a slot taken again while we read it is detected by
+its sequence word); a chunk whose slot is not readable here or moved, or found in any
+other state, is read again through the NBD view, which serves its saved copy. The
+ordering this needs (the plugin's state store before its data stores, our data loads
+before our state load) is what x86-64 guarantees between processes
 (total store order, loads not reordered with loads); elsewhere this path is not used.
 Mutations skip copy-before-write once a session stops being active, so the plugin sets
 the mapping's DEAD flag before that; we load it after the states and give up if it is
@@ -30,8 +33,8 @@ and the device path opens read-only and is the very file or device the plugin se
 (same st_dev, st_ino, st_rdev). The token comes first: it is what tells this host from
 another, since a subsystem on another host names paths (/proc/PID/fd/N, /dev/sdb) that
 may well exist here and even carry the same inode numbers. Nothing is opened that could
-block (a FIFO by that name here), and nothing but those two paths is opened. Otherwise
-the view is read over NBD.
+block (a FIFO by that name here), and nothing but those two paths is opened (and the side
+store's three, saved_read.py). Otherwise the view is read over NBD.
 """
 
 import errno
@@ -48,13 +51,17 @@ from common.concordance import (
     DEAD_OFFSET,
     HEADER,
     PENDING,
+    SAVED,
+    SLOT_ENTRY,
     TOKEN_OFFSET,
     TOKEN_SIZE,
     WRITES_OFFSET,
     chunk_count,
     mapping_size,
+    slots_offset,
 )
 from common.fileio import read_fully
+from controller.backup.saved_read import SavedRead, SideInfo
 
 ARCHES = ("x86_64", "amd64")
 
@@ -76,19 +83,21 @@ class SharedConcordance(TypedDict):
     chunk_size: int
     chunks: int
     token: str  # hex: the locality token the plugin wrote at TOKEN_OFFSET
+    slots: int  # where the chunks' slot entries start
 
 
-class LocalInfo(TypedDict):
+class LocalInfo(TypedDict, total=False):
     """What `open` says of one export for reading it on this host (docs/control-protocol.md)."""
 
     device: DeviceIdentity
     concordance: SharedConcordance
+    side: SideInfo  # where saved chunks are (saved_read.py); absent from older subsystems
 
 
 def _map_concordance(conc: SharedConcordance, size: int) -> mmap.mmap:
     """The session's concordance, mapped read-only, once it proved to be this session's (the
     locality token): ValueError or OSError saying why not."""
-    if conc.get("header") != HEADER:
+    if conc.get("header") != HEADER or conc.get("slots") != slots_offset(conc.get("chunks", 0)):
         raise ValueError(f"the concordance's layout (header {conc.get('header')}) is not this tzero's")
     if chunk_count(size, conc["chunk_size"]) != conc["chunks"]:
         raise ValueError("the concordance does not match the export's size")
@@ -116,14 +125,19 @@ def _map_concordance(conc: SharedConcordance, size: int) -> mmap.mmap:
 
 
 class LocalRead:
-    """One export's device, opened here, and its session's concordance, mapped read-only."""
+    """One export's device, opened here, its session's concordance, mapped read-only, and
+    the side store's slots where they open here (`slots`, else None)."""
 
-    def __init__(self, fd: int, shared: mmap.mmap, chunk_size: int, export: str):
+    def __init__(self, fd: int, shared: mmap.mmap, conc: SharedConcordance, export: str,
+                 saved: SavedRead | None = None, slots_why: str = ""):
         # Set at open, never changed.
         self._fd = fd
         self._shared = shared
-        self._chunk = chunk_size
+        self._chunk = conc["chunk_size"]
+        self._entries = slots_offset(conc["chunks"])
         self.export = export
+        self.slots = saved
+        self.slots_why = slots_why  # why saved chunks are read through the view, if they are
         # Statistics (copy loop only).
         self.fixed_bytes = 0  # bytes read again through the view because their chunk had changed state
 
@@ -150,11 +164,13 @@ class LocalRead:
             shared.close()
             return None, f"{dev['path']} here is not the file the subsystem serves"
         os.set_blocking(fd, True)
-        return cls(fd, shared, conc["chunk_size"], export), ""
+        saved, why = SavedRead.open(info.get("side"), bytes.fromhex(conc["token"]), conc["chunk_size"])
+        return cls(fd, shared, conc, export, saved, why), ""
 
     def read(self, view: memoryview, offset: int) -> list[tuple[int, int]]:
-        """Fill VIEW with the device's bytes at OFFSET; returns the (offset, length) runs, within
-        it, of chunks that were not PENDING once read (to be read again through the view).
+        """Fill VIEW with the time-zero bytes at OFFSET: the device's, and saved chunks' out of
+        their slots; returns the (offset, length) runs, within it, still to be read through
+        the view (chunks neither PENDING nor readable out of their slot once read).
         nbd.Error (EIO) if the session stopped saving chunks meanwhile."""
         try:
             read_fully(self._fd, view, offset, self.export)
@@ -171,7 +187,10 @@ class LocalRead:
         for i, state in enumerate(states):
             if state == PENDING:
                 continue
-            lo, hi = max(offset, (first + i) * self._chunk), min(end, (first + i + 1) * self._chunk)
+            c = first + i
+            lo, hi = max(offset, c * self._chunk), min(end, (c + 1) * self._chunk)
+            if state == SAVED and self._read_saved(c, view[lo - offset:hi - offset], lo - c * self._chunk):
+                continue
             if runs and runs[-1][0] + runs[-1][1] == lo:
                 runs[-1] = (runs[-1][0], runs[-1][1] + hi - lo)
             else:
@@ -184,6 +203,15 @@ class LocalRead:
         common/concordance.py), for --rate auto; one 8-byte load, a stale value only paces."""
         return int.from_bytes(self._shared[WRITES_OFFSET:WRITES_OFFSET + 8], "little")
 
+    def _read_saved(self, chunk: int, view: memoryview, start: int) -> bool:
+        """CHUNK's saved bytes from START on into VIEW, out of its slot (loaded as SAVED before)."""
+        if self.slots is None:
+            return False
+        entry: tuple[int, int] = SLOT_ENTRY.unpack_from(self._shared, self._entries + SLOT_ENTRY.size * chunk)
+        return self.slots.read(entry, view, start)
+
     def close(self) -> None:
         self._shared.close()
         os.close(self._fd)
+        if self.slots is not None:
+            self.slots.close()

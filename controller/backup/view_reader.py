@@ -125,6 +125,7 @@ class Read:
     done: bool = False
     aside: bool = False  # saved chunks fetched out of order (issue_aside), not in the queue
     error: int = 0  # the errno the server answered with, once completed
+    parts: int = 0  # read locally: the runs of it still being read through the view
 
     def bytes_at(self, at: int, length: int) -> memoryview:
         """LENGTH bytes of the buffer from AT (a view, no copy), while the read holds its buffer."""
@@ -141,9 +142,10 @@ class Read:
 class ViewReader:
     """The reads of one export's view, in issue order (which is its stream order), spread
     over HANDLES (one or several connections to the view), or made here by LOCAL (a
-    local_read.LocalRead; the handles then serve what it hands back, and the saved chunks
-    fetched aside). Completion order across connections is free; the copier takes reads
-    from the front of `queue` only."""
+    local_read.LocalRead: the device, and the side store's slots for saved chunks; the
+    handles then serve, without waiting, only what it hands back, and the queue's reads and
+    the saved chunks fetched aside are read alike). Completion order across connections is
+    free; the copier takes reads from the front of `queue` only."""
 
     def __init__(self, export: str, handles: nbd.NBD | list[nbd.NBD] | tuple[nbd.NBD, ...],
                  pieces: Iterator[Piece], local: LocalRead | None = None):
@@ -225,15 +227,29 @@ class ViewReader:
         r = Read(physical, length, deque(pieces), ahead, h, data, buf, aside=aside)
         self._busy[id(h)] += 1
         self.in_flight += 1
-        if self.local is not None and not aside:
-            view = data[:length]
-            for lo, n in self.local.read(view, physical):
-                with deferred():  # a synchronous read may run the completion callbacks of others
-                    view[lo - physical:lo - physical + n] = h.pread(n, lo)
-            self._complete(r, 0)
-        else:
+        if self.local is None:
             h.aio_pread(r.buf, r.physical, completion=lambda err: self._complete(r, err.value))
+            return r
+        view = data[:length]
+        again = self.local.read(view, physical)  # PENDING chunks off the device, SAVED ones out of their slots
+        if not again:
+            self._complete(r, 0)
+            return r
+        # What neither gave is read through the view, each run into its place in the buffer,
+        # without waiting: the read completes when the last run does.
+        r.parts = len(again)
+        for lo, n in again:
+            part = nbd.Buffer.from_buffer(view[lo - physical:lo - physical + n])  # a small object aio_pread keeps
+            h.aio_pread(part, lo, completion=lambda err: self._part_done(r, err.value))
         return r
+
+    def _part_done(self, r: Read, error: int) -> int:
+        # libnbd's completion callback of one run of a local read read again through the view.
+        r.error = r.error or error
+        r.parts -= 1
+        if not r.parts:
+            self._complete(r, r.error)
+        return 1
 
     def _complete(self, r: Read, error: int) -> int:
         # libnbd's completion callback: keep it to a note, it runs inside libnbd's read loop.

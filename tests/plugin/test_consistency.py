@@ -169,6 +169,24 @@ def test_backup_at_a_rate_under_dependent_writers_restores_a_prefix_at_time_zero
     load.check(tmp_path / "restored", summary)
 
 
+def test_backup_reading_saved_chunks_out_of_memory_and_spill_slots_under_writers_is_exact(tmp_path, serve):
+    """Saved chunks read on this host straight out of the side store's slots (both its memory
+    and its spill file: a side memory of four chunks spills at once) while writers keep
+    saving, giving back and retaking slots: the restore is time zero, bit for bit."""
+    load = Load(tmp_path, serve, "--chunk", "64K", "--side-memory", "256K")
+    try:
+        out, summary = backup_through_pipe(load, tmp_path)
+    finally:
+        load.stop()
+    assert summary["read_path"] == {"a": "local", "c": "local", "b": "local"}
+    assert summary["side_peak_bytes"] > 256 << 10, "the side store must have spilled past its memory"
+    assert summary["local_saved_bytes"] > summary["local_saved_spill_bytes"] > 0, \
+        "saved chunks must have been read here out of memory slots and spill slots"
+    tzero("verify", out)
+    tzero("restore", out, "--to", tmp_path / "restored")
+    load.check(tmp_path / "restored", summary)
+
+
 def test_backup_to_file_under_writers_restores_a_prefix_at_time_zero(tmp_path, serve):
     load = Load(tmp_path, serve, "--chunk", "64K")
     out = tmp_path / "backup.tzb"

@@ -11,6 +11,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from common.concordance import SLOT_ENTRY
+from controller.backup.saved_read import SavedRead
 from nbdplugin.chunkmap import DONE, PENDING, SAVED
 from nbdplugin.device import Device
 from nbdplugin.gate import WriteGate
@@ -48,7 +50,9 @@ class ChunkStates(RuleBasedStateMachine):
         rnd = random.Random(7)
         self.time_zero = bytearray(rnd.randbytes(SIZE))
         self.current = bytearray(self.time_zero)
-        self.session, self.export = make_session(Path(self.dir.name), bytes(self.time_zero))
+        # Three chunks of side memory: saves spill too, and slots are given back and taken again.
+        self.session, self.export = make_session(Path(self.dir.name), bytes(self.time_zero), side_memory=3 * CHUNK)
+        self.session.side.pool.claim(self.session.locality_token)
         self.pending_writes = []
         self.released = set()
         self.counter = 0
@@ -103,6 +107,21 @@ class ChunkStates(RuleBasedStateMachine):
         # the device holds exactly what was applied
         with open(self.export.device.path, "rb") as f:
             assert f.read() == bytes(self.current)
+
+    @invariant()
+    def published_slot_of_every_saved_chunk_holds_its_time_zero_content(self):
+        """What a controller on this host reads out of a SAVED chunk's slot (saved_read.py)."""
+        m = self.session.maps[0]
+        reader, why = SavedRead.open(self.session.side.pool.shared(), m.token, CHUNK)
+        assert reader is not None, why
+        entries = m.shared()["slots"]
+        for c in range(m.count):
+            if m.states[c] == SAVED:
+                start, n = m.extent(c)
+                buf = bytearray(n)
+                assert reader.read(SLOT_ENTRY.unpack_from(m._shared, entries + 16 * c), memoryview(buf), 0)
+                assert buf == self.time_zero[start:start + n]
+        reader.close()
 
     @invariant()
     def side_store_holds_only_unreleased_saved_chunks(self):

@@ -31,6 +31,7 @@ class FakeView:
         for c in self.saved:
             self.now[c * CHUNK:(c + 1) * CHUNK] = b"\xee" * CHUNK
         self.fixed_bytes = 0
+        self.slots = None  # no side store read locally: saved chunks come through the view
 
     # the handle: reads through the view
     def aio_pread(self, buf, offset, completion=None):

@@ -57,3 +57,38 @@ def test_reader_completed_aside_read_leaves_the_aside_list():
     assert r.aside == [aside] and r.in_flight == 2
     h.complete(1)
     assert r.reap() == [aside] and r.aside == [] and r.in_flight == 1
+
+
+class FakeLocal:
+    """A local read that hands back two runs of its read for the view (chunks not readable here)."""
+
+    slots = None
+
+    def read(self, view, offset):
+        view[:] = b"\x01" * len(view)
+        return [(offset + 100, 50), (offset + 1000, 24)]
+
+
+def test_reader_local_read_reads_what_it_hands_back_through_the_view_without_waiting():
+    h = FakeHandle()
+    ds = [Dataset("a", "", Linear([("x", 0, GRID)]))]
+    r = ViewReader("x", h, pieces(ds, GRID, "x"), FakeLocal())
+    read = r.issue(r.plan(GRID, lambda p: False), False, BufferPool(GRID, 2))
+    assert len(h.callbacks) == 2, "one asynchronous read per run handed back"
+    assert r.reap() == [] and not read.done
+    h.complete(1)
+    assert r.reap() == [], "done only once its last run is"
+    h.complete(0, error=5)
+    with pytest.raises(nbd.Error):
+        r.reap()
+    assert read.done and read.error == 5 and r.in_flight == 0
+
+
+def test_reader_local_read_with_nothing_handed_back_is_done_at_once():
+    h = FakeHandle()
+    ds = [Dataset("a", "", Linear([("x", 0, GRID)]))]
+    local = FakeLocal()
+    local.read = lambda view, offset: []
+    r = ViewReader("x", h, pieces(ds, GRID, "x"), local)
+    read = r.issue(r.plan(GRID, lambda p: False), False, BufferPool(GRID, 2))
+    assert h.callbacks == [] and r.reap() == [read]
