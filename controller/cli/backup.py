@@ -159,7 +159,8 @@ def register(subparsers: Subparsers) -> None:
                  "and chunks saved by copy-before-write are fetched at once when the subsystem runs short of room, "
                  "whatever the rate")
     setting(p, "--read-path", key="read-path", default="auto", choices=("auto", "nbd"),
-            help="auto: read each view straight from its device when this host serves it, else over NBD; "
+            help="auto: read each view straight from its device (and its saved chunks from the side store) when "
+                 "this host serves it, else over NBD; "
                  "nbd: always over NBD")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object (docs/json.md)")
     p.add_argument("--force", action="store_true", help="replace an existing backup file or object")
