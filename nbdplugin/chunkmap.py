@@ -72,6 +72,7 @@ class ChunkMap:
         self._shared = mmap.mmap(self._fd, mapping_size(self.count))
         self._shared[TOKEN_OFFSET:TOKEN_OFFSET + TOKEN_SIZE] = token  # before anyone can know the path
         self.token = token  # set at formation, never changed
+        self._entries = slots_offset(self.count)  # set at formation: where the slot entries start
         # guarded by the stripe locks: chunk c's state is written only under lock(c)
         self.states = memoryview(self._shared)[HEADER:HEADER + self.count]
         if tracked is not None:
@@ -124,12 +125,12 @@ class ChunkMap:
     def shared(self) -> dict[str, str | int]:
         """Where another process on this host maps this concordance (read-only)."""
         return {"path": f"/proc/{os.getpid()}/fd/{self._fd}", "header": HEADER, "chunks": self.count,
-                "chunk_size": self.chunk_size, "token": self.token.hex(), "slots": slots_offset(self.count)}
+                "chunk_size": self.chunk_size, "token": self.token.hex(), "slots": self._entries}
 
     def publish_slot(self, chunk: int, entry: tuple[int, int]) -> None:
         """Under CHUNK's lock, after its save and before it becomes SAVED: where its copy is
         (SideStore.save's slot entry), for a controller reading saved chunks on this host."""
-        SLOT_ENTRY.pack_into(self._shared, slots_offset(self.count) + SLOT_ENTRY.size * chunk, *entry)
+        SLOT_ENTRY.pack_into(self._shared, self._entries + SLOT_ENTRY.size * chunk, *entry)
 
     def writes_word(self) -> memoryview:
         """The header's count of writes admitted, as one native unsigned 64-bit item: the export's

@@ -43,7 +43,7 @@ import mmap
 import os
 import platform
 import stat
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import nbd
 
@@ -83,21 +83,22 @@ class SharedConcordance(TypedDict):
     chunk_size: int
     chunks: int
     token: str  # hex: the locality token the plugin wrote at TOKEN_OFFSET
-    slots: int  # where the chunks' slot entries start
+    slots: NotRequired[int]  # where the chunks' slot entries start; absent from older subsystems
 
 
-class LocalInfo(TypedDict, total=False):
+class LocalInfo(TypedDict):
     """What `open` says of one export for reading it on this host (docs/control-protocol.md)."""
 
     device: DeviceIdentity
     concordance: SharedConcordance
-    side: SideInfo  # where saved chunks are (saved_read.py); absent from older subsystems
+    side: NotRequired[SideInfo]  # where saved chunks are (saved_read.py); absent from older subsystems
 
 
 def _map_concordance(conc: SharedConcordance, size: int) -> mmap.mmap:
     """The session's concordance, mapped read-only, once it proved to be this session's (the
     locality token): ValueError or OSError saying why not."""
-    if conc.get("header") != HEADER or conc.get("slots") != slots_offset(conc.get("chunks", 0)):
+    entries = "slots" in conc  # an older tzero serve publishes no slot entries: its states only
+    if conc.get("header") != HEADER or (entries and conc.get("slots") != slots_offset(conc.get("chunks", 0))):
         raise ValueError(f"the concordance's layout (header {conc.get('header')}) is not this tzero's")
     if chunk_count(size, conc["chunk_size"]) != conc["chunks"]:
         raise ValueError("the concordance does not match the export's size")
@@ -113,9 +114,10 @@ def _map_concordance(conc: SharedConcordance, size: int) -> mmap.mmap:
         raise ValueError(f"the subsystem runs on another host, or hides its concordance ({e.strerror})") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size < mapping_size(conc["chunks"]):
+        length = mapping_size(conc["chunks"]) if entries else HEADER + conc["chunks"]
+        if not stat.S_ISREG(st.st_mode) or st.st_size < length:
             raise ValueError("the subsystem runs on another host (its concordance is not here)")
-        shared = mmap.mmap(fd, mapping_size(conc["chunks"]), access=mmap.ACCESS_READ)
+        shared = mmap.mmap(fd, length, access=mmap.ACCESS_READ)
     finally:
         os.close(fd)
     if not hmac.compare_digest(shared[TOKEN_OFFSET:TOKEN_OFFSET + TOKEN_SIZE], token):
@@ -164,7 +166,10 @@ class LocalRead:
             shared.close()
             return None, f"{dev['path']} here is not the file the subsystem serves"
         os.set_blocking(fd, True)
-        saved, why = SavedRead.open(info.get("side"), bytes.fromhex(conc["token"]), conc["chunk_size"])
+        if "slots" in conc:
+            saved, why = SavedRead.open(info.get("side"), bytes.fromhex(conc["token"]), conc["chunk_size"])
+        else:
+            saved, why = None, "the subsystem publishes no slot entries"
         return cls(fd, shared, conc, export, saved, why), ""
 
     def read(self, view: memoryview, offset: int) -> list[tuple[int, int]]:

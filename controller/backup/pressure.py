@@ -17,10 +17,11 @@ bounded (beyond that the reorder buffer spills to its file), and the stream does
 change: a parked piece goes out in its turn like any other.
 
 The reads. Adjacent saved chunks are read in runs of up to one request, issued aside (out
-of the export's queue, which stays in stream order) over every connection of the view,
-into pool buffers the stream's head cannot need (the scheduler keeps one for every idle
-export and one more, scheduler.py); with none to spare and none of ours in flight, a run
-is read synchronously.
+of the export's queue, which stays in stream order) over every connection of the view, or
+on the subsystem's host straight out of the side store's slots (view_reader.py), into
+pool buffers the stream's head cannot need (the scheduler keeps one for every idle export
+and one more, scheduler.py); with none to spare and none of ours in flight, a run is read
+synchronously through the view.
 
 PressureRelief is mixed into the Copier: it runs in the copy loop's thread, on the
 copier's state, and what it uses of the copier is declared at its top.

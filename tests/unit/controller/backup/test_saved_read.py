@@ -190,3 +190,15 @@ def test_side_store_of_another_session_or_file_is_not_read_but_the_device_still_
     local = opened({**info, "side": None})
     assert local.slots is None and "offers no side store" in local.slots_why
     local.close()
+
+
+def test_older_subsystem_without_slot_entries_is_still_read_locally_its_saved_chunks_through_the_view(served):
+    served.overwrite(3)
+    info = served.info()
+    conc = {k: v for k, v in info["concordance"].items() if k != "slots"}
+    local = opened({"concordance": conc, "device": info["device"]})
+    assert local.slots is None and "no slot entries" in local.slots_why
+    view = memoryview(bytearray(CHUNKS * CHUNK))
+    assert local.read(view, 0) == [(3 * CHUNK, CHUNK)]
+    assert bytes(view[:3 * CHUNK]) == served.tz[:3 * CHUNK]
+    local.close()
