@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -75,7 +76,10 @@ def has_a_part(store, bucket) -> bool:
 
 def held_mid_upload(store, bucket, backup: subprocess.Popen) -> None:
     """Wait, holding the controller still at each look, until its upload has a part in the store
-    and is not complete: then the upload is certainly mid-way. Returns with it held."""
+    and is not complete: then the upload is certainly mid-way. Returns with it held.
+    Between looks it runs for a few milliseconds: continued and at once stopped again, it was
+    seen to spend minutes still importing its modules."""
+    deadline = time.monotonic() + 240
     while True:
         if backup.poll() is not None:
             raise AssertionError(f"the backup ended before it was caught mid-upload: {backup.stderr.read()}")
@@ -83,6 +87,8 @@ def held_mid_upload(store, bucket, backup: subprocess.Popen) -> None:
         if has_a_part(store, bucket):
             return
         os.kill(backup.pid, signal.SIGCONT)
+        assert time.monotonic() < deadline, "the backup was never caught mid-upload"
+        time.sleep(0.01)
 
 
 def test_s3_faults_store_killed_mid_upload_fails_in_one_line_and_the_next_run_sweeps_the_upload(
