@@ -55,6 +55,7 @@ import stat
 from typing import TypedDict
 
 from common.concordance import SLOT_INDEX_HEADER, SLOT_WORD, TOKEN_OFFSET, TOKEN_SIZE, slot_index_size
+from common.fileio import read_fully
 
 
 class FileIdentity(TypedDict):
@@ -171,15 +172,10 @@ class SavedRead:
     @staticmethod
     def _read_slot(fd: int, view: memoryview, at: int) -> bool:
         """Step c: the slot's bytes; False if the file ends first (a spill file cut back)."""
-        done = 0
-        while done < len(view):
-            try:
-                n = os.preadv(fd, [view[done:]], at + done)
-            except OSError:
-                return False
-            if n == 0:
-                return False
-            done += n
+        try:
+            read_fully(fd, view, at, "a side store slot")
+        except OSError:
+            return False
         return True
 
     def close(self) -> None:
