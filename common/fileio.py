@@ -20,8 +20,10 @@ PARTIAL_INFIX = ".partial-"  # PATH.partial-XXXXXXXX: one run's file on its way 
 
 def read_fully(fd: int, buf: WritableBuffer, offset: int, name: str) -> None:
     """Fill BUF from FD at OFFSET; OSError(EIO) naming NAME if the file ends first."""
-    view = memoryview(buf)
-    done = 0
+    done = os.preadv(fd, (buf,), offset)
+    if done == len(buf):
+        return  # the common case, one system call (the plugin reads every request this way)
+    view = memoryview(buf).cast("B")
     while done < len(view):
         n = os.preadv(fd, [view[done:]], offset + done)
         if n == 0:

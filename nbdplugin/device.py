@@ -56,10 +56,8 @@ class Device:
         self.size = blockdev.block_device_size(self.fd) if self.is_block else st.st_size
 
     def read_into(self, buf: WritableBuffer, offset: int) -> None:
-        # One preadv straight into BUF (a request's own buffer: no copy); the loop only for a short read.
-        n = os.preadv(self.fd, (buf,), offset)
-        if n != len(buf):
-            read_fully(self.fd, memoryview(buf)[n:], offset + n, self.path)
+        # Straight into BUF (a request's own buffer: no copy), in one preadv but for a short read.
+        read_fully(self.fd, buf, offset, self.path)
 
     def identity(self) -> dict[str, str | int]:
         """What a process on this host checks to know it opened this very device or file."""
@@ -67,10 +65,8 @@ class Device:
         return {"path": self.path, "dev": st.st_dev, "ino": st.st_ino, "rdev": st.st_rdev}
 
     def write(self, buf: Buffer, offset: int) -> None:
-        # One pwrite from BUF (nbdkit's request buffer, not copied); the loop only for a short write.
-        n = os.pwrite(self.fd, buf, offset)
-        if n != len(buf):
-            write_all(self.fd, memoryview(buf)[n:], offset + n)
+        # From BUF (nbdkit's request buffer, not copied), in one pwrite but for a short write.
+        write_all(self.fd, buf, offset)
 
     def flush(self) -> None:
         os.fdatasync(self.fd)
