@@ -209,14 +209,14 @@ class Copier(PressureRelief):
         stream = self.plan.pieces(self.chunk)
         for head in stream:
             self._head = head
-            self.group.check()
-            if any(m.pressure for m in self.plan.owner.values()):
-                self._relieve_pressure()
-            while not (key(head) in self.buffer or self.readers[head.export].queue or self.pacer.ready()):
-                # --rate holds the head's read back (rate.py); pressure and failures still go first.
+            while True:
                 self.group.check()
                 if any(m.pressure for m in self.plan.owner.values()):
                     self._relieve_pressure()
+                # --rate may hold the head's read back (ready() sleeps a while then): pressure and
+                # failures are still seen to at every wake-up (rate.py).
+                if key(head) in self.buffer or self.readers[head.export].queue or self.pacer.ready():
+                    break
             if key(head) in self.buffer:
                 data = self.buffer.take(key(head))
                 self._emit(head, data)
